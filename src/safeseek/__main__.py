@@ -1,0 +1,3 @@
+from safeseek.cli import main
+
+main()

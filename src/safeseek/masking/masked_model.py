@@ -1,0 +1,422 @@
+"""MaskedModel: switch units of a frozen Hugging Face model off, by a fixed circuit or by
+learnable masks, through forward hooks that leave the model's own modules and kernels alone.
+
+Where the masks act (DESIGN §1.1):
+- head h of layer l: channels `[h*head_dim, (h+1)*head_dim)` of the *input* of the attention
+  output projection, i.e. exactly head h's contribution (grouped-query attention needs no
+  ungrouping there);
+- neuron j of layer l: input channel j of the MLP down projection;
+- layer (l, attn|mlp): the output of that projection, i.e. the block's whole contribution.
+
+An ablated unit takes the value `keep * x + (1 - keep) * b`, b = 0 (zero ablation) or the unit's
+mean over reference prompts (mean ablation, `torch.lerp`, exact at keep = 0 and keep = 1).
+Hooks are removed on leaving a view, and weights are never written, so the model is left bit for
+bit as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from safeseek.circuit import Circuit
+from safeseek.errors import SafeSeekError
+from safeseek.fileio import atomic_path
+from safeseek.masking.parametrizations import PARAMETRIZATIONS, MaskParametrization
+from safeseek.models.adapters import GRANULARITIES, locate
+
+ABLATIONS = ("zero", "mean")
+MASKS_FORMAT = "safeseek-masks"
+
+Batch = Mapping[str, torch.Tensor]
+
+
+def _ablate(x: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    keep = keep.to(x.dtype)
+    if mean is None:
+        return x * keep
+    return torch.lerp(mean.to(x.dtype), x, keep)
+
+
+class MaskedModel(nn.Module):
+    """Masks over the units of `model`; only the mask logits are parameters of this module.
+
+    Views (context managers, one at a time): `without(c)`, `only(c)`, `learned()`,
+    `learned(complement=True)`. Membership masks say which units are *in the circuit*;
+    `learned()` runs the model without the circuit (G \\ C) and the complement runs the circuit
+    alone (C only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        granularities: Iterable[str] = ("head", "neuron"),
+        parametrization: str = "ste",
+        ablation: str = "zero",
+        reference: Iterable[Batch | str] | None = None,
+        tokenizer: Any = None,
+        init_logit: float | None = None,
+        **parametrization_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.granularities = tuple(dict.fromkeys(granularities))
+        unknown = [g for g in self.granularities if g not in GRANULARITIES]
+        if unknown or not self.granularities:
+            raise SafeSeekError(
+                f"unknown granularity {unknown[0] if unknown else '(none)'!r}; "
+                f"choose from {', '.join(GRANULARITIES)}"
+            )
+        if parametrization not in PARAMETRIZATIONS:
+            raise SafeSeekError(
+                f"unknown parametrization {parametrization!r}; "
+                f"choose from {', '.join(PARAMETRIZATIONS)}"
+            )
+        if ablation not in ABLATIONS:
+            raise SafeSeekError(f"unknown ablation {ablation!r}; choose from zero, mean")
+        # Kept out of nn.Module's registry so that parameters() yields the mask logits only.
+        self.__dict__["model"] = model
+        self.parts = locate(model)
+        self.arch = self.parts.arch
+        self.parametrization = parametrization
+        self.ablation = ablation
+        device = next(model.parameters()).device
+        cls = PARAMETRIZATIONS[parametrization]
+        self.masks = nn.ModuleDict(
+            {
+                g: cls(
+                    (self.arch.n_layers, self.arch.units_per_layer(g)),
+                    init_logit=init_logit,
+                    device=device,
+                    **parametrization_kwargs,
+                )
+                for g in self.granularities
+            }
+        )
+        self._means: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        self._frozen: list[tuple[nn.Parameter, bool]] = []
+        if reference is not None:
+            self.fit_means(reference, tokenizer=tokenizer)
+
+    # -- shapes ----------------------------------------------------------------------------
+    @property
+    def num_units(self) -> dict[str, int]:
+        return {g: self.arch.num_units[g] for g in self.granularities}
+
+    def _channels(self, granularity: str) -> int:
+        """Width of the tensor a granularity's hook sees (per layer)."""
+        return {
+            "head": self.arch.n_heads * self.arch.head_dim,
+            "neuron": self.arch.intermediate_size,
+            "layer": self.arch.hidden_size,
+        }[granularity]
+
+    def _to_channels(self, granularity: str, keep: torch.Tensor) -> torch.Tensor:
+        """Expand a `[L, units]` keep mask to the channels its hooks multiply."""
+        if granularity == "head":
+            return keep.repeat_interleave(self.arch.head_dim, dim=1)
+        return keep
+
+    # -- mean ablation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_means(self, reference: Iterable[Batch | str], tokenizer: Any = None) -> None:
+        """Store each unit's mean activation over the non-padding tokens of `reference`.
+
+        `reference` holds model-input batches (`input_ids`, optional `attention_mask`) or
+        plain prompts, which need `tokenizer`.
+        """
+        self._require_idle()
+        batches = _as_batches(reference, tokenizer, self._device)
+        sums = {g: torch.zeros(self._sum_shape(g), dtype=torch.float64) for g in GRANULARITIES}
+        token_mask: list[torch.Tensor] = []
+        tokens = 0
+
+        def accumulate(granularity: str, layer: int, part: int = 0) -> Callable:
+            def hook(x: torch.Tensor) -> None:
+                flat = x.detach()[token_mask[0]].double().sum(0).cpu()
+                if granularity == "layer":
+                    sums[granularity][layer, part] += flat
+                else:
+                    sums[granularity][layer] += flat
+
+            return hook
+
+        handles = self._register_all(accumulate, observe=True)
+        try:
+            for batch in batches:
+                mask = batch.get("attention_mask")
+                ids = batch["input_ids"]
+                token_mask[:] = [
+                    (mask if mask is not None else torch.ones_like(ids)).bool().to(ids.device)
+                ]
+                tokens += int(token_mask[0].sum())
+                self.model(**batch)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if tokens == 0:
+            raise SafeSeekError("mean ablation needs at least one reference token")
+        self._means = {g: (s / tokens).float().to(self._device) for g, s in sums.items()}
+
+    def _sum_shape(self, granularity: str) -> tuple[int, ...]:
+        L = self.arch.n_layers
+        if granularity == "layer":
+            return (L, 2, self._channels("layer"))
+        return (L, self._channels(granularity))
+
+    @property
+    def means(self) -> dict[str, torch.Tensor]:
+        """Per-channel reference means (`head`: [L, heads*head_dim], `neuron`: [L, I],
+        `layer`: [L, 2, hidden]); empty until `fit_means` ran."""
+        return dict(self._means)
+
+    def _mean(self, granularity: str, layer: int, part: int = 0) -> torch.Tensor | None:
+        if self.ablation == "zero":
+            return None
+        if not self._means:
+            raise SafeSeekError(
+                "mean ablation needs reference prompts: pass reference=... to MaskedModel "
+                "or call fit_means(...) first"
+            )
+        mean = self._means[granularity][layer]
+        return mean[part] if granularity == "layer" else mean
+
+    # -- hooks -----------------------------------------------------------------------------
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _register_all(
+        self, make_hook: Callable[..., Callable], observe: bool = False, layers=None
+    ) -> list[RemovableHandle]:
+        """Register one hook per (granularity, layer): `make_hook(g, layer[, part])` returns a
+        function of the hooked tensor; with `observe` its return value is ignored."""
+        handles = []
+        grans = GRANULARITIES if observe else self.granularities
+        for g in grans:
+            for layer in range(self.arch.n_layers) if layers is None else layers.get(g, ()):
+                if g == "layer":
+                    for part, module in enumerate(
+                        (self.parts.attn_out[layer], self.parts.mlp_out[layer])
+                    ):
+                        handles.append(
+                            module.register_forward_hook(_output_hook(make_hook(g, layer, part)))
+                        )
+                else:
+                    module = (self.parts.attn_out if g == "head" else self.parts.mlp_out)[layer]
+                    handles.append(
+                        module.register_forward_pre_hook(_input_hook(make_hook(g, layer)))
+                    )
+        return handles
+
+    def _require_idle(self) -> None:
+        if self._handles:
+            raise SafeSeekError("a view is already active on this MaskedModel; leave it first")
+
+    @contextlib.contextmanager
+    def _view(self, keep_of: Callable[[], dict[str, torch.Tensor]], fixed: bool) -> Iterator[None]:
+        """Install hooks that read keep masks `[L, channels]` from `state`.
+
+        Fixed views compute the masks once and hook only layers where something is ablated;
+        learned views recompute them at every forward of the decoder stack (so a hard-concrete
+        sample is shared by all layers of one forward pass, and refreshed for the next).
+        """
+        self._require_idle()
+        state: dict[str, torch.Tensor] = {}
+        dtype = next(self.parts.attn_out[0].parameters()).dtype
+
+        def refresh(*_: Any) -> None:
+            state.update({g: k.to(dtype) for g, k in keep_of().items()})
+
+        def make_hook(granularity: str, layer: int, part: int = 0) -> Callable:
+            mean = self._mean(granularity, layer, part)
+            if granularity == "layer":
+                return lambda x: _ablate(x, state[granularity][layer, part], mean)
+            return lambda x: _ablate(x, state[granularity][layer], mean)
+
+        try:
+            if fixed:
+                refresh()
+                active = {
+                    g: [i for i in range(self.arch.n_layers) if not bool((k[i] == 1).all())]
+                    for g, k in state.items()
+                }
+                self._handles = self._register_all(make_hook, layers=active)
+            else:
+                self._handles = self._register_all(make_hook)
+                self._handles.append(self.parts.backbone.register_forward_pre_hook(refresh))
+            yield
+        finally:
+            self.detach()
+
+    def _fixed_keep(self, circuit: Circuit, inside: bool) -> dict[str, torch.Tensor]:
+        circuit.check(self.arch)
+        extra = [g for g in GRANULARITIES if circuit.units(g) and g not in self.granularities]
+        if extra:
+            raise SafeSeekError(
+                f"circuit has {extra[0]} units but this MaskedModel masks only "
+                f"{', '.join(self.granularities)}"
+            )
+        keep = {}
+        for g in self.granularities:
+            member = circuit.membership(self.arch, g).to(self._device, torch.float32)
+            keep[g] = self._to_channels(g, member if inside else 1.0 - member)
+        return keep
+
+    # -- views -----------------------------------------------------------------------------
+    def without(self, circuit: Circuit) -> contextlib.AbstractContextManager[None]:
+        """The full model with `circuit` ablated (G \\ C)."""
+        keep = self._fixed_keep(circuit, inside=False)
+        return self._view(lambda: keep, fixed=True)
+
+    def only(self, circuit: Circuit) -> contextlib.AbstractContextManager[None]:
+        """Only `circuit` (every unit of this model's granularities outside it ablated)."""
+        keep = self._fixed_keep(circuit, inside=True)
+        return self._view(lambda: keep, fixed=True)
+
+    @contextlib.contextmanager
+    def learned(self, complement: bool = False) -> Iterator[None]:
+        """Forward passes use the learnable masks: without the circuit, or (complement) the
+        circuit alone. Model weights are frozen meanwhile, so gradients reach only the masks."""
+
+        def keep_of() -> dict[str, torch.Tensor]:
+            out = {}
+            for g, mask in self.masks.items():
+                member = mask()
+                out[g] = self._to_channels(g, member if complement else 1.0 - member)
+            return out
+
+        self._require_idle()
+        self._frozen = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self._frozen:
+            p.requires_grad_(False)
+        with self._view(keep_of, fixed=False):
+            yield
+
+    def detach(self) -> None:
+        """Remove every hook and restore the weights' requires_grad flags."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for p, flag in self._frozen:
+            p.requires_grad_(flag)
+        self._frozen = []
+
+    # -- reading and writing masks -----------------------------------------------------------
+    def expected_size(self) -> dict[str, torch.Tensor]:
+        """Differentiable expected circuit size per granularity (for sparsity terms)."""
+        return {g: mask.expected_size() for g, mask in self.masks.items()}
+
+    def metadata(self) -> dict[str, Any]:
+        """What a circuit read off these masks records about how it was made."""
+        mask: MaskParametrization = next(iter(self.masks.values()))
+        settings = {k: v for k, v in vars(mask).items() if isinstance(v, float)}
+        return {
+            "model": {
+                "name": getattr(self.model.config, "_name_or_path", "") or "",
+                "architecture": self.arch.to_dict(),
+                "fingerprint": self.arch.fingerprint(),
+            },
+            "granularities": list(self.granularities),
+            "parametrization": self.parametrization,
+            "parametrization_settings": settings,
+            "ablation": self.ablation,
+            "threshold": "deterministic mask > 0.5",
+        }
+
+    def circuit(self, **metadata: Any) -> Circuit:
+        """The current masks read off as a Circuit; `metadata` adds e.g. seed or data hash."""
+        hard = {g: mask.hard().cpu() for g, mask in self.masks.items()}
+        return Circuit.from_membership(hard, metadata={**self.metadata(), **metadata})
+
+    @torch.no_grad()
+    def set_circuit(self, circuit: Circuit, logit: float = 3.0) -> None:
+        """Set the logits so that the masks read off exactly `circuit` (+logit in, -logit out)."""
+        for g, mask in self.masks.items():
+            member = circuit.membership(self.arch, g).to(mask.logits.device)
+            mask.logits.copy_(torch.where(member, logit, -logit))
+
+    def save_masks(self, path: str | os.PathLike[str]) -> None:
+        """Logits (and reference means) to safetensors, atomically; never pickle."""
+        tensors = {
+            f"logits.{g}": m.logits.detach().cpu().contiguous() for g, m in self.masks.items()
+        }
+        tensors.update({f"mean.{g}": v.cpu().contiguous() for g, v in self._means.items()})
+        meta = {"format": MASKS_FORMAT, "settings": json.dumps(self.metadata())}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    @torch.no_grad()
+    def load_masks(self, path: str | os.PathLike[str]) -> None:
+        """Read masks written by `save_masks`; refuse them if they were made for other shapes."""
+        try:
+            tensors = load_file(str(path))
+        except FileNotFoundError:
+            raise SafeSeekError(f"{path}: no such masks file") from None
+        except Exception as exc:  # safetensors raises its own error types
+            raise SafeSeekError(f"{path}: not a safetensors file ({exc})") from None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("format") != MASKS_FORMAT:
+            raise SafeSeekError(f"{path}: not a SafeSeek masks file")
+        settings = json.loads(meta["settings"])
+        diffs = self.arch.differences(settings["model"]["architecture"])
+        if diffs:
+            raise SafeSeekError(
+                f"{path}: masks do not match the model (masks vs model): " + "; ".join(diffs)
+            )
+        if settings["parametrization"] != self.parametrization:
+            raise SafeSeekError(
+                f"{path}: masks are {settings['parametrization']!r}, this MaskedModel is "
+                f"{self.parametrization!r}"
+            )
+        for g, mask in self.masks.items():
+            if f"logits.{g}" not in tensors:
+                raise SafeSeekError(f"{path}: has no {g} masks")
+            mask.logits.copy_(tensors[f"logits.{g}"])
+        means = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("mean.")}
+        if means:
+            self._means = {g: v.to(self._device) for g, v in means.items()}
+
+
+def _input_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    def hook(module: nn.Module, args: tuple) -> tuple | None:
+        out = fn(args[0])
+        return None if out is None else (out, *args[1:])
+
+    return hook
+
+
+def _output_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        return fn(output)
+
+    return hook
+
+
+def _as_batches(
+    reference: Iterable[Batch | str], tokenizer: Any, device: torch.device, batch_size: int = 8
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Model-input batches on `device`, from batches or from prompts (tokenized here)."""
+    items = list(reference)
+    if not items:
+        raise SafeSeekError("mean ablation needs at least one reference prompt")
+    if isinstance(items[0], str):
+        if tokenizer is None:
+            raise SafeSeekError("reference prompts given as text need tokenizer=...")
+        for i in range(0, len(items), batch_size):
+            enc = tokenizer(items[i : i + batch_size], return_tensors="pt", padding=True)
+            yield {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        return
+    for batch in items:
+        yield {k: v.to(device) for k, v in batch.items()}

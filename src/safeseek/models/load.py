@@ -1,0 +1,145 @@
+"""`load_model`: a Hugging Face causal LM and its tokenizer from wherever users keep them.
+
+Sources: a local HF directory, a hub id (where a hub is reachable), a `.gguf` file, a PEFT
+adapter directory (its base is loaded and the adapter merged), or `"default"` (the embedded
+SmolLM2-135M-Instruct). `trust_remote_code` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from safeseek.errors import SafeSeekError
+
+_DTYPES = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """`"auto"` (the checkpoint's own dtype), a torch dtype, or one of its usual names."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise SafeSeekError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _plain(model: PreTrainedModel) -> PreTrainedModel:
+    """Forget that weights came from GGUF, so the model saves and behaves like any other."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def load_gguf(path: str | Path, dtype: str | torch.dtype = "auto", **kwargs: Any):
+    """De-quantise a `.gguf` file into a plain transformers model (fp32 unless asked)."""
+    path = Path(path)
+    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = torch.float32 if torch_dtype == "auto" else torch_dtype
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch_dtype, **kwargs
+    )
+    return _plain(model), tokenizer
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith(".gguf") or "\\" in source
+
+
+def load_model(
+    source: str | Path = "default",
+    dtype: str | torch.dtype = "auto",
+    adapter: str | Path | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load `(model, tokenizer)` in evaluation mode, with an optional LoRA adapter merged in.
+
+    `dtype="auto"` keeps the checkpoint's dtype (fp32 for GGUF and the embedded default).
+    `device` defaults to CUDA when available, else CPU.
+    """
+    source = str(source)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    path = Path(source).expanduser()
+    if source == "default":
+        from safeseek.assets import default_model_dir
+
+        path, source = default_model_dir(), str(default_model_dir())
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = load_gguf(path, dtype, **kwargs)
+    elif (
+        path.is_dir()
+        and (path / "adapter_config.json").is_file()
+        and not (path / "config.json").is_file()
+    ):
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise SafeSeekError(f"{path}/adapter_config.json names no base model")
+        if adapter is not None:
+            raise SafeSeekError(f"{path} is itself an adapter; pass its base as the model")
+        return load_model(base, dtype, adapter=path, device=device, **kwargs)
+    elif path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SafeSeekError(f"{path} has no config.json: not a Hugging Face model directory")
+        model, tokenizer = _from_pretrained(source, dtype, kwargs)
+    elif path.exists() or _looks_local(source):
+        raise SafeSeekError(
+            f"{source}: no such model directory or .gguf file"
+            if not path.exists()
+            else f"{source}: not a model directory or a .gguf file"
+        )
+    else:
+        try:
+            model, tokenizer = _from_pretrained(source, dtype, kwargs)
+        except SafeSeekError:
+            raise
+        except Exception as exc:
+            raise SafeSeekError(
+                f"could not load {source!r}: it is not a local directory or .gguf file, and "
+                f"fetching it from the Hugging Face Hub failed ({_first_line(exc)})"
+            ) from None
+    if adapter is not None:
+        model = merge_adapter(model, adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def _from_pretrained(source: str, dtype: str | torch.dtype, kwargs: dict[str, Any]):
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype), **kwargs)
+    return model, tokenizer
+
+
+def merge_adapter(model: PreTrainedModel, adapter: str | Path) -> PreTrainedModel:
+    """Merge a PEFT (LoRA) adapter into `model` and return the plain merged model."""
+    adapter = Path(adapter).expanduser()
+    if not (adapter / "adapter_config.json").is_file():
+        raise SafeSeekError(f"{adapter}: no adapter_config.json, not a PEFT adapter directory")
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except Exception as exc:
+        raise SafeSeekError(f"{adapter}: could not apply adapter ({_first_line(exc)})") from None
+    return peft_model.merge_and_unload()

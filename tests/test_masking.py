@@ -1,0 +1,229 @@
+"""MaskedModel against independent weight surgery, on every supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CASES, build
+from helpers import logits, module_at, surgery
+
+from safeseek import Circuit, MaskedModel, SafeSeekError
+
+
+def some_circuit(model) -> Circuit:
+    cfg = model.config
+    inter = getattr(cfg, "intermediate_size", None) or cfg.n_inner
+    return Circuit(
+        heads=[(0, 1), (1, 0), (1, cfg.num_attention_heads - 1)],
+        neurons=[(0, 0), (0, 5), (1, 7), (1, inter - 1)],
+    )
+
+
+def test_without_equals_surgery(family, tiny, batch):
+    c = some_circuit(tiny)
+    mm = MaskedModel(tiny)
+    with mm.without(c):
+        got = logits(tiny, batch)
+    want = logits(surgery(tiny, family, c), batch)
+    assert not torch.allclose(want, logits(tiny, batch), atol=1e-3)  # the circuit matters
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_only_equals_surgery(family, tiny, batch):
+    c = some_circuit(tiny)
+    mm = MaskedModel(tiny)
+    with mm.only(c):
+        got = logits(tiny, batch)
+    want = logits(surgery(tiny, family, c, only=True), batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_empty_circuit_changes_nothing(family, tiny, batch):
+    before = logits(tiny, batch)
+    for ablation in ("zero", "mean"):
+        mm = MaskedModel(tiny, ablation=ablation, reference=[batch])
+        with mm.without(Circuit()):
+            assert torch.equal(logits(tiny, batch), before)
+
+
+def test_leaving_a_view_restores_the_model(family, tiny, batch):
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in tiny.named_parameters()}
+    before = logits(tiny, batch)
+    mm = MaskedModel(tiny)
+    with pytest.raises(RuntimeError, match="boom"), mm.learned():
+        tiny(**batch).logits.sum().backward()
+        raise RuntimeError("boom")
+    with mm.only(some_circuit(tiny)):
+        logits(tiny, batch)
+    assert torch.equal(logits(tiny, batch), before)
+    assert all(torch.equal(v, state[k]) for k, v in tiny.state_dict().items())
+    assert {n: p.requires_grad for n, p in tiny.named_parameters()} == flags
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny.modules())
+    assert hooks == 0
+
+
+def test_detach_removes_hooks(tiny, batch):
+    before = logits(tiny, batch)
+    mm = MaskedModel(tiny)
+    view = mm.without(some_circuit(tiny))
+    view.__enter__()
+    assert not torch.equal(logits(tiny, batch), before)
+    mm.detach()
+    assert torch.equal(logits(tiny, batch), before)
+
+
+@pytest.mark.parametrize("parametrization", ["ste", "hard_concrete"])
+def test_learned_gradients_reach_masks_only(family, tiny, batch, parametrization):
+    mm = MaskedModel(tiny, parametrization=parametrization, init_logit=0.5)
+    assert {n for n, _ in mm.named_parameters()} == {
+        "masks.head.logits",
+        "masks.neuron.logits",
+    }
+    assert all(p.dtype == torch.float32 for p in mm.parameters())
+    for complement in (False, True):
+        mm.zero_grad(set_to_none=True)
+        with mm.learned(complement=complement):
+            loss = tiny(**batch).logits.float().pow(2).mean()
+            loss = loss + 1e-3 * sum(mm.expected_size().values())
+            loss.backward()
+        for name, p in mm.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert (p.grad != 0).all(), f"{name}: some mask logits got no gradient"
+        assert all(p.grad is None for p in tiny.parameters())
+
+
+def test_ste_forward_gradient_without_penalty(tiny, batch):
+    mm = MaskedModel(tiny, parametrization="ste", init_logit=-1.0)
+    with mm.learned():
+        tiny(**batch).logits.pow(2).mean().backward()
+    for name, p in mm.named_parameters():
+        assert (p.grad != 0).all(), f"{name}: the loss itself did not reach every logit"
+
+
+def test_learned_matches_fixed_views(family, tiny, batch):
+    c = some_circuit(tiny)
+    mm = MaskedModel(tiny)
+    mm.set_circuit(c)
+    assert mm.circuit() == c
+    with mm.without(c):
+        want_without = logits(tiny, batch)
+    with mm.only(c):
+        want_only = logits(tiny, batch)
+    with mm.learned():
+        torch.testing.assert_close(logits(tiny, batch), want_without, atol=1e-6, rtol=0)
+    with mm.learned(complement=True):
+        torch.testing.assert_close(logits(tiny, batch), want_only, atol=1e-6, rtol=0)
+
+
+def test_hard_concrete_is_deterministic_in_eval(batch):
+    model = build("llama")
+    mm = MaskedModel(model, parametrization="hard_concrete", init_logit=0.0)
+    with torch.no_grad():
+        for mask in mm.masks.values():
+            mask.logits.normal_(0, 2)
+    with mm.learned():
+        train_a, train_b = logits(model, batch), logits(model, batch)
+    assert not torch.equal(train_a, train_b)  # stochastic gates while training
+    mm.eval()
+    with mm.learned():
+        eval_a, eval_b = logits(model, batch), logits(model, batch)
+    assert torch.equal(eval_a, eval_b)
+    with mm.without(mm.circuit()):
+        torch.testing.assert_close(logits(model, batch), eval_a, atol=1e-6, rtol=0)
+
+
+def test_mean_ablation_equals_bias_folding(family, tiny, batch):
+    reference = [batch]
+    mm = MaskedModel(tiny, ablation="mean", reference=reference)
+    c = some_circuit(tiny)
+    means = mm.means
+    with mm.without(c):
+        got = logits(tiny, batch)
+    want = logits(surgery(tiny, family, c, means=means), batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with mm.only(c):
+        got = logits(tiny, batch)
+    want = logits(surgery(tiny, family, c, only=True, means=means), batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_mean_ablation_replaces_unit_by_stored_mean(batch):
+    model = build("llama")
+    case = CASES["llama"]
+    mm = MaskedModel(model, ablation="mean", reference=[batch])
+    head_dim = model.config.head_dim
+    seen = {}
+    o_proj = module_at(model, case.attn_out.format(i=1))
+    down = module_at(model, case.mlp_out.format(i=0))
+    with mm.without(Circuit(heads=[(1, 2)], neurons=[(0, 3)])):
+        # Registered after the view's hooks, so they see what the projections receive.
+        handles = [
+            o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("head", a[0].clone())),
+            down.register_forward_pre_hook(lambda m, a: seen.__setitem__("neuron", a[0].clone())),
+        ]
+        model(**batch)
+    for h in handles:
+        h.remove()
+    head = seen["head"][..., 2 * head_dim : 3 * head_dim]
+    want = mm.means["head"][1, 2 * head_dim : 3 * head_dim].expand_as(head)
+    torch.testing.assert_close(head, want)
+    torch.testing.assert_close(seen["neuron"][..., 3], mm.means["neuron"][0, 3].expand(3, 10))
+    # The mean is over real tokens only: recompute it by hand.
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    captured = {}
+    handle = down.register_forward_pre_hook(lambda m, a: captured.__setitem__("x", a[0]))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=batch["attention_mask"])
+    handle.remove()
+    torch.testing.assert_close(mm.means["neuron"][0], captured["x"][mask].mean(0))
+
+
+def test_mean_ablation_needs_reference(tiny):
+    mm = MaskedModel(tiny, ablation="mean")
+    with pytest.raises(SafeSeekError, match="reference"), mm.without(Circuit(heads=[(0, 0)])):
+        pass
+
+
+def test_layer_granularity_removes_whole_blocks(family, tiny, batch):
+    case = CASES[family]
+    mm = MaskedModel(tiny, granularities=("layer",))
+    c = Circuit(layers=[(0, "attn"), (1, "mlp")])
+    with mm.without(c):
+        got = logits(tiny, batch)
+    edited = surgery(tiny, family, Circuit())
+    for path in (case.attn_out.format(i=0), case.mlp_out.format(i=1)):
+        module = module_at(edited, path)
+        module.weight.data.zero_()
+        if module.bias is not None:
+            module.bias.data.zero_()
+    torch.testing.assert_close(got, logits(edited, batch), atol=1e-5, rtol=0)
+
+
+def test_views_do_not_nest_and_check_granularity(tiny):
+    mm = MaskedModel(tiny, granularities=("head",))
+    with mm.without(Circuit(heads=[(0, 0)])), pytest.raises(SafeSeekError, match="already"):
+        mm.only(Circuit(heads=[(0, 0)])).__enter__()
+    with pytest.raises(SafeSeekError, match="neuron"):
+        mm.without(Circuit(neurons=[(0, 0)]))
+    with pytest.raises(SafeSeekError, match="outside"):
+        mm.without(Circuit(heads=[(5, 0)]))
+
+
+def test_bad_settings_are_refused(tiny):
+    with pytest.raises(SafeSeekError, match="granularity"):
+        MaskedModel(tiny, granularities=("edge",))
+    with pytest.raises(SafeSeekError, match="parametrization"):
+        MaskedModel(tiny, parametrization="gumbel")
+    with pytest.raises(SafeSeekError, match="ablation"):
+        MaskedModel(tiny, ablation="resample")
+
+
+def test_bf16_model_keeps_fp32_masks(batch):
+    model = build("llama").to(torch.bfloat16)
+    mm = MaskedModel(model, init_logit=0.5)
+    with mm.learned():
+        out = model(**batch).logits
+        assert out.dtype == torch.bfloat16
+        out.float().pow(2).mean().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in mm.parameters())
