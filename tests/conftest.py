@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+# Tests never reach a model hub: fail hub look-ups at once instead of after network time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 import transformers
@@ -62,8 +65,14 @@ CASES = {
     "gpt2": Case(
         "gpt2",
         transformers.GPT2Config(
-            vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_inner=48, n_positions=64,
-            bos_token_id=1, eos_token_id=2,
+            vocab_size=VOCAB,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_inner=48,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=2,
         ),
         "transformer.h.{i}.attn.c_proj",
         "transformer.h.{i}.mlp.c_proj",
@@ -71,8 +80,14 @@ CASES = {
     "gpt_neox": Case(
         "gpt_neox",
         transformers.GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=48, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=64,
+            bos_token_id=1,
+            eos_token_id=2,
         ),
         "gpt_neox.layers.{i}.attention.dense",
         "gpt_neox.layers.{i}.mlp.dense_4h_to_h",
@@ -111,7 +126,34 @@ def batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _offline_hub():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    yield
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A real fast tokenizer (word level, 96 tokens) with a chat template, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
+    words = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    words += ["the", "is", "of", "what", "capital", "france", "paris", "sure", "here", "sorry"]
+    words += [".", ",", "?", "!", "+", "="]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast

@@ -40,10 +40,12 @@ Batch = Mapping[str, torch.Tensor]
 
 
 def _ablate(x: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    """`keep * x + (1 - keep) * mean` over the last dim; x is flattened to 2-D because CPU
+    kernels broadcast a vector over a matrix faster than over a 3-D tensor."""
     keep = keep.to(x.dtype)
-    if mean is None:
-        return x * keep
-    return torch.lerp(mean.to(x.dtype), x, keep)
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat * keep if mean is None else torch.lerp(mean.to(x.dtype), flat, keep)
+    return out.view(x.shape)
 
 
 class MaskedModel(nn.Module):
@@ -230,23 +232,24 @@ class MaskedModel(nn.Module):
         sample is shared by all layers of one forward pass, and refreshed for the next).
         """
         self._require_idle()
-        state: dict[str, torch.Tensor] = {}
+        state: dict[str, tuple[torch.Tensor, ...]] = {}
         dtype = next(self.parts.attn_out[0].parameters()).dtype
 
         def refresh(*_: Any) -> None:
-            state.update({g: k.to(dtype) for g, k in keep_of().items()})
+            # One unbind per forward: its backward stacks the per-layer gradients in one op.
+            state.update({g: k.to(dtype).unbind(0) for g, k in keep_of().items()})
 
         def make_hook(granularity: str, layer: int, part: int = 0) -> Callable:
             mean = self._mean(granularity, layer, part)
             if granularity == "layer":
-                return lambda x: _ablate(x, state[granularity][layer, part], mean)
+                return lambda x: _ablate(x, state[granularity][layer][part], mean)
             return lambda x: _ablate(x, state[granularity][layer], mean)
 
         try:
             if fixed:
                 refresh()
                 active = {
-                    g: [i for i in range(self.arch.n_layers) if not bool((k[i] == 1).all())]
+                    g: [i for i, row in enumerate(k) if not bool((row == 1).all())]
                     for g, k in state.items()
                 }
                 self._handles = self._register_all(make_hook, layers=active)

@@ -1,0 +1,46 @@
+"""Family adapters: every family resolves, and unsupported ones fail with a useful line."""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+from conftest import FAMILY_NAMES, build
+
+from safeseek import MaskedModel, SafeSeekError
+from safeseek.models import FAMILIES, locate
+
+
+def test_every_tested_family_is_supported_and_vice_versa():
+    assert set(FAMILY_NAMES) == set(FAMILIES)
+
+
+def test_locate_finds_one_projection_per_layer(family, tiny):
+    parts = locate(tiny)
+    assert len(parts.attn_out) == len(parts.mlp_out) == 2
+    assert MaskedModel(tiny).num_units == {"head": 8, "neuron": 96}
+
+
+def test_unsupported_family_lists_supported_ones():
+    config = transformers.OPTConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        ffn_dim=64,
+        word_embed_proj_dim=32,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(SafeSeekError) as err:
+        MaskedModel(model)
+    message = str(err.value)
+    assert "'opt'" in message and "llama" in message and "gpt_neox" in message
+    assert "\n" not in message
+
+
+def test_peft_wrapped_model_is_unwrapped():
+    from peft import LoraConfig, get_peft_model
+
+    model = build("llama")
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "o_proj"]))
+    parts = locate(peft_model)
+    assert parts.arch.n_heads == 4
