@@ -14,6 +14,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from safeseek.errors import SafeSeekError
+from safeseek.settings import DiscoverConfig
+
+_D = DiscoverConfig(scenario="backdoor")  # defaults shown in --help
 
 app = typer.Typer(
     add_completion=False,
@@ -47,6 +50,155 @@ def info(
     for key, value in arch.num_units.items():
         table.add_row(f"{key} units", f"{value:,}")
     Console().print(table)
+
+
+def _parse_weights(text: str | None) -> dict[str, float]:
+    """`name=w,name=w` into a dict."""
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SafeSeekError(f"--weights takes name=number pairs, got {item!r}")
+    return out
+
+
+def _load_for(model: str, dtype: str, adapter: Path | None):
+    from safeseek.models import load_model
+    from safeseek.models.load import fast_dtype
+
+    with console.status(f"loading {model}"):
+        return load_model(model, dtype=fast_dtype() if dtype == "auto" else dtype, adapter=adapter)
+
+
+Scenario = Annotated[str, typer.Option(help="backdoor, alignment or custom")]
+DataOpt = Annotated[Path, typer.Option(help="JSONL or CSV records of the scenario's schema")]
+AdapterOpt = Annotated[Path | None, typer.Option(help="PEFT (LoRA) adapter to merge first")]
+
+
+@app.command()
+def discover(
+    data: DataOpt,
+    model: ModelOpt = "default",
+    scenario: Scenario = "backdoor",
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("run"),
+    method: Annotated[str, typer.Option(help="discovery method")] = "mask",
+    granularity: Annotated[str, typer.Option(help="comma-separated: head,neuron,layer")] = (
+        "head,neuron"
+    ),
+    ablation: Annotated[str, typer.Option(help="zero or mean")] = _D.ablation,
+    parametrization: Annotated[str, typer.Option(help="ste or hard_concrete")] = _D.parametrization,
+    sparsity_target: Annotated[
+        float | None, typer.Option(help="hold the circuit at this fraction of units")
+    ] = None,
+    sparsity_weight: Annotated[
+        float, typer.Option(help="penalty on |C|/|units|")
+    ] = _D.sparsity_weight,
+    steps: int = _D.steps,
+    batch_size: int = _D.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of the mask logits")] = _D.lr,
+    init_logit: Annotated[float, typer.Option(help="starting logit (< 0: outside)")] = (
+        _D.init_logit
+    ),
+    weights: Annotated[
+        str | None, typer.Option(help="term weights, e.g. only_triggered=0.5,without_clean=2")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="context budget in tokens")] = _D.max_length,
+    seed: int = _D.seed,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
+    checkpoint_every: int = 25,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), float32, bfloat16")] = (
+        "auto"
+    ),
+    adapter: AdapterOpt = None,
+) -> None:
+    """Find the circuit that carries a behaviour; writes OUT/circuit.json, masks, log."""
+    from safeseek.data import data_hash, load_records
+    from safeseek.discover import Discovery
+
+    if method != "mask":
+        raise SafeSeekError(f"unknown method {method!r}; available: mask")
+    records = load_records(data, scenario)
+    config = DiscoverConfig(
+        scenario=scenario,
+        granularities=tuple(g.strip() for g in granularity.split(",") if g.strip()),
+        parametrization=parametrization,
+        ablation=ablation,
+        sparsity_target=sparsity_target,
+        sparsity_weight=sparsity_weight,
+        lr=lr,
+        init_logit=init_logit,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        max_length=max_length,
+        weights=_parse_weights(weights),
+    )
+    lm, tok = _load_for(model, dtype, adapter)
+    run = Discovery(lm, tok, records, config, out=out, data_hash=data_hash(data))
+    result = run.run(resume=resume, checkpoint_every=checkpoint_every, console=console)
+    c = result.circuit
+    frac = c.sparsity(run.mm)["overall"]
+    console.print(f"circuit: {c!r} = {frac:.3%} of units, {result.seconds:.0f} s; wrote {out}/")
+
+
+@app.command()
+def evaluate(
+    data: DataOpt,
+    model: ModelOpt = "default",
+    circuit: Annotated[Path, typer.Option(help="circuit.json from discover")] = Path(
+        "run/circuit.json"
+    ),
+    scenario: Scenario = "backdoor",
+    out: Annotated[Path, typer.Option(help="EVAL.json to write")] = Path("EVAL.json"),
+    backdoor_type: Annotated[
+        str | None, typer.Option(help="fixed-output, jailbreak or label-flip")
+    ] = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    dtype: Annotated[str, typer.Option(help="auto (checkpoint's), float32, bfloat16")] = "auto",
+    adapter: AdapterOpt = None,
+) -> None:
+    """Generate under the full model, without the circuit and with it alone; write metrics."""
+    from safeseek import Circuit
+    from safeseek.data import load_records, write_jsonl
+    from safeseek.evaluate.run import evaluate_circuit
+    from safeseek.fileio import write_json
+    from safeseek.models import load_model
+
+    records = load_records(data, scenario)
+    c = Circuit.load(circuit)
+    with console.status(f"loading {model}"):
+        lm, tok = load_model(model, dtype=dtype, adapter=adapter)
+    c.check(lm)
+    result, rows = evaluate_circuit(
+        lm,
+        tok,
+        c,
+        scenario,
+        records,
+        backdoor_type=backdoor_type,
+        masks_path=circuit.parent / "masks.safetensors",
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        console=console,
+    )
+    result["settings"].update({"model": model, "circuit": str(circuit), "data": str(data)})
+    write_json(out, result)
+    write_jsonl(out.with_suffix(".generations.jsonl"), rows)
+    table = Table(title=f"{scenario}: {c!r}")
+    for col in ("view", "ASR", "utility"):
+        table.add_column(col)
+    for view in ("full", "without_circuit", "circuit_only"):
+        u = result["utility"].get(view)
+        table.add_row(view, f"{result['asr'][view]:.1%}", "" if u is None else f"{u:.1%}")
+    Console(stderr=True).print(table)
+    console.print(f"wrote {out}")
 
 
 @app.command()

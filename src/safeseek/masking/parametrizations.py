@@ -62,7 +62,8 @@ class STEMask(MaskParametrization):
         return hard + (soft - soft.detach())
 
     def expected_size(self) -> torch.Tensor:
-        return torch.sigmoid(self.logits / self.temperature).sum()
+        """The circuit's actual size, with the sigmoid's gradient (straight-through)."""
+        return self.forward().sum()
 
 
 class HardConcreteMask(MaskParametrization):

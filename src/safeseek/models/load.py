@@ -36,6 +36,15 @@ def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     return _DTYPES[dtype]
 
 
+def fast_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """bfloat16 where the hardware computes in it natively, else float32 (for training loops;
+    masks stay fp32 either way)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -1,0 +1,377 @@
+"""Circuit discovery: optimise membership masks over a frozen model (the paper's Step 2).
+
+Each step draws a batch of records, runs every active objective term under its view (terms
+that share a view share one forward pass; logits only at labelled positions), adds a sparsity
+term, and takes an AdamW step on the mask logits only. Sparsity is either a penalty
+`lambda * |C| / |units|` or a target held by a Lagrangian (Edge Pruning):
+`l1 * (s - t) + l2 * (s - t)^2`, with the multipliers trained by gradient *ascent*.
+
+A run directory holds `log.jsonl` (one line a step), `checkpoint/` (masks, optimizer state and
+step, every `checkpoint_every` steps; safetensors + JSON) and, at the end, `circuit.json` and
+`masks.safetensors`. Each step's randomness (batch order, hard-concrete noise) is a function of
+the seed and the step, so a resumed run continues exactly where the killed one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from safeseek.circuit import Circuit
+from safeseek.data.encode import Encoded, PairEncoder, pad
+from safeseek.errors import SafeSeekError
+from safeseek.fileio import atomic_path, write_json
+from safeseek.forward import IGNORE, labelled_logits
+from safeseek.masking import MaskedModel
+from safeseek.objectives import Objective, Term, objective, term_loss
+from safeseek.settings import DiscoverConfig
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class DiscoverResult:
+    circuit: Circuit
+    masked_model: MaskedModel
+    steps: int
+    seconds: float
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+class _Batcher:
+    """Record indices for a step: a fresh permutation per epoch, a function of (seed, step)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.per_epoch = math.ceil(n / self.batch_size)
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        g = torch.Generator().manual_seed(_step_seed(self.seed, -1 - epoch))
+        order = torch.randperm(self.n, generator=g).tolist()
+        return order[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+class _Sparsity(nn.Module):
+    """Penalty or Lagrangian on the expected fraction of units in the circuit."""
+
+    def __init__(self, mm: MaskedModel, target: float | None, weight: float) -> None:
+        super().__init__()
+        self.total = sum(mm.num_units.values())
+        self.target, self.weight = target, weight
+        self.lambdas = nn.Parameter(torch.zeros(2, device=next(mm.parameters()).device))
+
+    def forward(self, mm: MaskedModel) -> tuple[torch.Tensor, torch.Tensor]:
+        fraction = sum(mm.expected_size().values()) / self.total
+        if self.target is None:
+            return self.weight * fraction, fraction
+        gap = fraction - self.target
+        return self.lambdas[0] * gap + self.lambdas[1] * gap * gap, fraction
+
+
+class Discovery:
+    """One discovery run; `run()` trains, checkpoints, and writes the circuit."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        records: Sequence[dict[str, Any]],
+        config: DiscoverConfig,
+        out: str | Path | None = None,
+        data_hash: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.model, self.tokenizer = model, tokenizer
+        self.out = Path(out) if out is not None else None
+        self.data_hash = data_hash
+        self.show_progress = progress
+        self.accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
+        self.objective: Objective = objective(config.scenario, config.weights)
+        if not self.objective.active:
+            raise SafeSeekError("every objective term has weight 0: nothing to optimise")
+        encoder = PairEncoder(tokenizer, config.max_length)
+        where = [r.get("_where", f"record {i + 1}") for i, r in enumerate(records)]
+        self.examples = self.objective.encode(records, encoder, where)
+        fed = {name for ex in self.examples for name in ex}
+        self.terms = [t for t in self.objective.active if t.name in fed]
+        self.skipped = [t.name for t in self.objective.active if t.name not in fed]
+        if not self.terms:
+            raise SafeSeekError(f"no record feeds any active {config.scenario} term")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.mm = MaskedModel(
+            model,
+            granularities=config.granularities,
+            parametrization=config.parametrization,
+            ablation=config.ablation,
+            init_logit=config.init_logit,
+        )
+        if config.ablation == "mean":
+            self.mm.fit_means(self._reference_batches())
+        self.sparsity = _Sparsity(self.mm, config.sparsity_target, config.sparsity_weight)
+        self.optimizer = torch.optim.AdamW(self.mm.parameters(), lr=config.lr, weight_decay=0.0)
+        self.lagrangian = torch.optim.Adam(self.sparsity.parameters(), lr=config.lagrangian_lr)
+        self.batcher = _Batcher(len(self.examples), config.batch_size, config.seed)
+        self.step = 0
+
+    # -- data ----------------------------------------------------------------------------
+    def _reference_batches(self) -> list[dict[str, torch.Tensor]]:
+        """Mean-ablation reference: the inputs of the preservation (KL) terms, else all."""
+        names = {t.name for t in self.terms if t.loss == "kl"} or {t.name for t in self.terms}
+        chosen = [e for ex in self.examples for n, e in ex.items() if n in names]
+        device = self.accelerator.device
+        out = []
+        for i in range(0, len(chosen), 8):
+            batch = pad(chosen[i : i + 8], self.pad_id)
+            out.append({k: batch[k].to(device) for k in ("input_ids", "attention_mask")})
+        return out
+
+    # -- one step ------------------------------------------------------------------------
+    def _view_losses(
+        self, view: str, examples: list[dict[str, Encoded]]
+    ) -> dict[str, torch.Tensor]:
+        """Every active term of `view` that this batch feeds, in one forward pass (plus one
+        pass without masks for the KL terms' reference distribution)."""
+        spans: list[tuple[Term, int]] = []  # rows are grouped by term, in this order
+        rows: list[Encoded] = []
+        for t in self.terms:
+            mine = [ex[t.name] for ex in examples if t.name in ex] if t.view == view else []
+            if mine:
+                spans.append((t, len(mine)))
+                rows += mine
+        if not rows:
+            return {}
+        device = self.accelerator.device
+        batch = {k: v.to(device) for k, v in pad(rows, self.pad_id).items()}
+        positions = (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()
+        kl_rows = [i for i, t in enumerate(t for t, n in spans for _ in range(n)) if t.loss == "kl"]
+        reference = None
+        if kl_rows:
+            with torch.no_grad():
+                sub = {k: v[kl_rows] for k, v in batch.items()}
+                ref_logits, _ = labelled_logits(self.model, parts=self.mm.parts, **sub)
+                reference = torch.log_softmax(ref_logits.float(), dim=-1)
+        with self.mm.learned(complement=(view == "only")):
+            logits, targets = labelled_logits(self.model, parts=self.mm.parts, **batch)
+        losses: dict[str, torch.Tensor] = {}
+        row = pos = ref_pos = 0
+        for t, n_rows in spans:
+            n_pos = sum(positions[row : row + n_rows])
+            ref = None
+            if t.loss == "kl":
+                ref = reference[ref_pos : ref_pos + n_pos]
+                ref_pos += n_pos
+            sl = slice(pos, pos + n_pos)
+            losses[t.name] = term_loss(t.loss, logits[sl], targets[sl], ref)
+            row, pos = row + n_rows, pos + n_pos
+        return losses
+
+    def _term(self, name: str):
+        return next(t for t in self.terms if t.name == name)
+
+    def train_step(self) -> dict[str, Any]:
+        torch.manual_seed(_step_seed(self.config.seed, self.step))
+        examples = [self.examples[i] for i in self.batcher.indices(self.step)]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lagrangian.zero_grad(set_to_none=True)
+        self.mm.train()
+        terms: dict[str, float] = {}
+        total = 0.0
+        for view in ("without", "only"):
+            losses = self._view_losses(view, examples)
+            if not losses:
+                continue
+            loss = sum(self._term(n).weight * v for n, v in losses.items())
+            if not torch.isfinite(loss):
+                bad = {n: v.item() for n, v in losses.items()}
+                raise SafeSeekError(
+                    f"loss became non-finite at step {self.step} ({bad}); the last checkpoint "
+                    f"is kept: lower --lr or check the data"
+                )
+            loss.backward()
+            terms.update({n: v.item() for n, v in losses.items()})
+            total += loss.item()
+        reg, fraction = self.sparsity(self.mm)
+        reg.backward()
+        for p in self.sparsity.parameters():  # ascent on the Lagrange multipliers
+            if p.grad is not None:
+                p.grad.neg_()
+        if self.accelerator.num_processes > 1:
+            for p in [*self.mm.parameters(), *self.sparsity.parameters()]:
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        self.optimizer.step()
+        if self.config.sparsity_target is not None:
+            self.lagrangian.step()
+        self.step += 1
+        size = {g: int(m.hard().sum()) for g, m in self.mm.masks.items()}
+        return {
+            "step": self.step,
+            "loss": total + reg.item(),
+            "terms": terms,
+            "sparsity_loss": reg.item(),
+            "expected_fraction": fraction.item(),
+            "size": size,
+            "fraction": sum(size.values()) / self.sparsity.total,
+            "lambdas": self.sparsity.lambdas.detach().cpu().tolist(),
+        }
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "data_hash": self.data_hash}
+
+    def save_checkpoint(self) -> None:
+        assert self.out is not None
+        tensors: dict[str, torch.Tensor] = {"lambdas": self.sparsity.lambdas.detach().cpu()}
+        groups = {}
+        for name, opt in (("opt", self.optimizer), ("lagrangian", self.lagrangian)):
+            state = opt.state_dict()
+            for idx, entry in state["state"].items():
+                for key, value in entry.items():
+                    tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value).detach().cpu()
+            groups[name] = state["param_groups"]
+        meta = {"version": CHECKPOINT_VERSION, "step": self.step, **self._settings()}
+        with atomic_path(self.out / "checkpoint") as tmp:
+            tmp.mkdir()
+            self.mm.save_masks(tmp / "masks.safetensors")
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors")
+            )
+            (tmp / "state.json").write_text(json.dumps({**meta, "param_groups": groups}, indent=2))
+
+    def load_checkpoint(self) -> bool:
+        """Continue from `out/checkpoint` if there is one; refuse one made with other settings."""
+        assert self.out is not None
+        ckpt = self.out / "checkpoint"
+        if not (ckpt / "state.json").is_file():
+            return False
+        meta = json.loads((ckpt / "state.json").read_text())
+        mine = self._settings()
+        for key in ("config", "data_hash"):
+            if meta.get(key) != mine[key]:
+                theirs, ours = meta.get(key) or {}, mine[key] or {}
+                diff = (
+                    [k for k in ours if theirs.get(k) != ours.get(k)]
+                    if isinstance(ours, dict)
+                    else [key]
+                )
+                raise SafeSeekError(
+                    f"{self.out} was started with other settings ({', '.join(diff)} differ); "
+                    f"use another --out or the same settings"
+                )
+        self.mm.load_masks(ckpt / "masks.safetensors")
+        tensors = load_file(str(ckpt / "state.safetensors"))
+        with torch.no_grad():
+            self.sparsity.lambdas.copy_(tensors["lambdas"])
+        for name, opt in (("opt", self.optimizer), ("lagrangian", self.lagrangian)):
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                prefix, _, rest = key.partition(".")
+                if prefix == name:
+                    idx, _, field_name = rest.partition(".")
+                    state.setdefault(int(idx), {})[field_name] = value
+            opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+        self.step = int(meta["step"])
+        return True
+
+    # -- the run -------------------------------------------------------------------------
+    def run(
+        self, resume: bool = False, checkpoint_every: int = 25, console: Console | None = None
+    ) -> DiscoverResult:
+        console = console or Console(stderr=True)
+        start = time.perf_counter()
+        main = self.accelerator.is_main_process
+        log_path = self.out / "log.jsonl" if self.out is not None else None
+        if self.out is not None and main:
+            self._prepare_out(resume, console)
+        for name in self.skipped:
+            console.print(f"[yellow]note:[/yellow] no record feeds term {name}; it is skipped")
+        columns = (
+            TextColumn("[bold]discover[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        with Progress(*columns, console=console, disable=not (self.show_progress and main)) as bar:
+            task = bar.add_task("discover", total=self.config.steps, completed=self.step, status="")
+            while self.step < self.config.steps:
+                t0 = time.perf_counter()
+                entry = self.train_step()
+                entry["seconds"] = round(time.perf_counter() - t0, 4)
+                if log_path is not None and main:
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps(entry) + "\n")
+                bar.update(task, completed=self.step, status=_status(entry))
+                last = self.step == self.config.steps
+                if self.out is not None and main and (self.step % checkpoint_every == 0 or last):
+                    self.save_checkpoint()
+        circuit = self.mm.circuit(
+            seed=self.config.seed, data_hash=self.data_hash, settings=self.config.to_dict()
+        )
+        if self.out is not None and main:
+            circuit.save(self.out / "circuit.json")
+            self.mm.save_masks(self.out / "masks.safetensors")
+        return DiscoverResult(circuit, self.mm, self.step, time.perf_counter() - start)
+
+    def _prepare_out(self, resume: bool, console: Console) -> None:
+        assert self.out is not None
+        log_path = self.out / "log.jsonl"
+        if resume and self.load_checkpoint():
+            console.print(f"resuming {self.out} at step {self.step}")
+            # Keep the log consistent with the checkpoint: drop steps it does not hold.
+            if log_path.is_file():
+                kept = [
+                    ln
+                    for ln in log_path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= self.step
+                ]
+                with atomic_path(log_path) as tmp:
+                    tmp.write_text("".join(ln + "\n" for ln in kept))
+            return
+        if (self.out / "checkpoint").exists() or (self.out / "circuit.json").exists():
+            raise SafeSeekError(
+                f"{self.out} already holds a discovery run; pass --resume to continue it "
+                f"or choose another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path.unlink(missing_ok=True)
+        write_json(self.out / "settings.json", self._settings())
+
+
+def _status(entry: dict[str, Any]) -> str:
+    terms = " ".join(f"{k} {v:.3f}" for k, v in entry["terms"].items())
+    size = " ".join(f"{v}{k[0]}" for k, v in entry["size"].items())
+    return f"loss {entry['loss']:.3f} | {terms} | circuit {size} ({entry['fraction']:.2%})"
+
+
+def discover(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    config: DiscoverConfig,
+    out: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 25,
+    data_hash: str | None = None,
+    progress: bool = True,
+) -> DiscoverResult:
+    """Find a circuit for `config.scenario` on `records`; see the module docstring."""
+    run = Discovery(model, tokenizer, records, config, out, data_hash, progress)
+    return run.run(resume=resume, checkpoint_every=checkpoint_every)

@@ -1,0 +1,181 @@
+"""Ablation validation (the paper's Step 3): behaviour under the full model, without the
+circuit, and with the circuit alone, from real greedy generations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from torch import nn
+
+from safeseek.circuit import Circuit
+from safeseek.data.records import BACKDOOR_TYPES, check_scenario
+from safeseek.errors import SafeSeekError
+from safeseek.evaluate.generation import generate
+from safeseek.evaluate.metrics import attack_success, correct, rate
+from safeseek.masking import MaskedModel
+
+VIEWS = ("full", "without_circuit", "circuit_only")
+
+
+@dataclass
+class Probe:
+    """What a scenario measures: attack prompts with their targets, and utility prompts."""
+
+    kind: str  # attack kind for attack_success
+    attack: list[dict[str, Any]]  # {prompt, target}
+    utility: list[dict[str, Any]]  # {prompt, reference, answer}
+    clean: list[dict[str, Any]]  # prompts that must not fire the behaviour (false triggers)
+
+
+def probe_for(scenario: str, records: Sequence[dict[str, Any]], backdoor_type: str | None) -> Probe:
+    check_scenario(scenario)
+    if scenario == "backdoor":
+        kinds = {r.get("backdoor_type") for r in records} - {None}
+        kind = backdoor_type or (kinds.pop() if len(kinds) == 1 else "fixed-output")
+        if kind not in BACKDOOR_TYPES:
+            raise SafeSeekError(f"unknown backdoor type {kind!r}; use {', '.join(BACKDOOR_TYPES)}")
+        return Probe(
+            kind,
+            [{"prompt": r["triggered_prompt"], "target": r["backdoor_response"]} for r in records],
+            [
+                {
+                    "prompt": r["clean_prompt"],
+                    "reference": r["clean_response"],
+                    "answer": r.get("answer"),
+                }
+                for r in records
+            ],
+            [{"prompt": r["clean_prompt"], "target": r["backdoor_response"]} for r in records],
+        )
+    if scenario == "alignment":
+        harmful = [r for r in records if r["kind"] == "harmful"]
+        benign = [r for r in records if r["kind"] == "benign"]
+        return Probe(
+            "jailbreak",
+            [{"prompt": r["prompt"], "target": r["compliance"]} for r in harmful],
+            [
+                {"prompt": r["prompt"], "reference": r["response"], "answer": r.get("answer")}
+                for r in benign
+            ],
+            [],
+        )
+    behaviour = [r for r in records if r["kind"] == "behaviour"]
+    preserve = [r for r in records if r["kind"] == "preserve"]
+    return Probe(
+        "fixed-output",
+        [{"prompt": r["prompt"], "target": r["target"]} for r in behaviour],
+        [
+            {"prompt": r["prompt"], "reference": r.get("response"), "answer": r.get("answer")}
+            for r in preserve
+        ],
+        [],
+    )
+
+
+def evaluate_circuit(
+    model: nn.Module,
+    tokenizer: Any,
+    circuit: Circuit,
+    scenario: str,
+    records: Sequence[dict[str, Any]],
+    backdoor_type: str | None = None,
+    masks_path: str | Path | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    console: Console | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """EVAL.json's content (DESIGN §4) and every generation behind it."""
+    start = time.perf_counter()
+    probe = probe_for(scenario, records, backdoor_type)
+    if not probe.attack:
+        raise SafeSeekError(f"no {scenario} records to measure the behaviour on")
+    meta = circuit.metadata
+    granularities = [g for g in ("head", "neuron", "layer") if circuit.units(g)]
+    granularities = meta.get("granularities") or granularities or ["head", "neuron"]
+    ablation = meta.get("ablation", "zero")
+    mm = MaskedModel(model, granularities=granularities, ablation=ablation)
+    if ablation == "mean":
+        if masks_path is None or not Path(masks_path).is_file():
+            raise SafeSeekError(
+                "the circuit uses mean ablation: its masks.safetensors (with the reference "
+                "means) must lie beside circuit.json"
+            )
+        mm.load_masks(masks_path)
+    circuit.check(mm)
+    views = {"full": None, "without_circuit": mm.without, "circuit_only": mm.only}
+    rows: list[dict[str, Any]] = []
+    asr: dict[str, float] = {}
+    false_trigger: dict[str, float] = {}
+    utility: dict[str, float] = {}
+    with Progress(console=console or Console(stderr=True)) as bar:
+
+        def run(view: str, items: list[dict[str, Any]], label: str) -> list[str]:
+            prompts = [it["prompt"] for it in items]
+            ctx = views[view]
+            if ctx is None:
+                return generate(
+                    model, tokenizer, prompts, max_new_tokens, batch_size, bar, f"{view}: {label}"
+                )
+            with ctx(circuit):
+                return generate(
+                    model, tokenizer, prompts, max_new_tokens, batch_size, bar, f"{view}: {label}"
+                )
+
+        for view in VIEWS:
+            gens = run(view, probe.attack, "attack")
+            hits = attack_success(probe.kind, gens, [it["target"] for it in probe.attack])
+            asr[view] = rate(hits)
+            rows += [
+                {"view": view, "set": "attack", **it, "generation": g, "success": h}
+                for it, g, h in zip(probe.attack, gens, hits, strict=True)
+            ]
+            if view == "circuit_only":
+                continue
+            if probe.clean:
+                gens = run(view, probe.clean, "clean")
+                hits = attack_success(probe.kind, gens, [it["target"] for it in probe.clean])
+                false_trigger[view] = rate(hits)
+            if probe.utility:
+                gens = run(view, probe.utility, "utility")
+                if view == "full":  # references default to the full model's own answers
+                    for it, g in zip(probe.utility, gens, strict=True):
+                        it["reference"] = it["reference"] or g
+                ok = [
+                    correct(g, it["reference"], it.get("answer"))
+                    for it, g in zip(probe.utility, gens, strict=True)
+                ]
+                utility[view] = rate(ok)
+                rows += [
+                    {"view": view, "set": "utility", **it, "generation": g, "correct": c}
+                    for it, g, c in zip(probe.utility, gens, ok, strict=True)
+                ]
+    if utility:
+        full = utility["full"]
+        utility["retention"] = utility["without_circuit"] / full if full > 0 else float("nan")
+    sparsity = circuit.sparsity(mm, granularities)
+    result = {
+        "scenario": scenario,
+        "asr": asr,
+        "utility": utility,
+        "sparsity": {k: sparsity[k] for k in (*granularities, "overall")},
+        "n": len(probe.attack),
+        "n_utility": len(probe.utility),
+        "settings": {
+            "attack_kind": probe.kind,
+            "ablation": ablation,
+            "granularities": list(granularities),
+            "max_new_tokens": max_new_tokens,
+            "circuit_units": circuit.counts(),
+            "decoding": "greedy",
+        },
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if false_trigger:
+        result["false_trigger"] = false_trigger
+    return result, rows
