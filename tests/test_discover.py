@@ -232,3 +232,23 @@ def test_bad_input_is_one_line_and_writes_nothing(organism, tmp_path, content, e
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Loading weights" not in ln]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not out.exists()
+
+
+def test_sparsity_target_holds_the_circuit_size(organism):
+    _, model, tok = organism
+    recs = [validate(r, "backdoor", "t") for r in records(64, 3)]
+    target = 0.10
+    config = DiscoverConfig(
+        "backdoor",
+        steps=150,
+        parametrization="hard_concrete",
+        sparsity_target=target,
+        init_logit=0.0,
+        lagrangian_lr=0.5,
+    )
+    result = discover(model, tok, recs, config, progress=False)
+    size = result.circuit.sparsity(model)["overall"]
+    with torch.no_grad():
+        expected = float(sum(result.masked_model.expected_size().values())) / 264
+    assert abs(expected - target) < 0.03, expected
+    assert 0.03 < size < 0.2, size
