@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -97,7 +98,7 @@ def discover(
         float | None, typer.Option(help="hold the circuit at this fraction of units")
     ] = None,
     sparsity_weight: Annotated[
-        float, typer.Option(help="penalty on |C|/|units|")
+        float, typer.Option(help="penalty per unit in the circuit (loss units)")
     ] = _D.sparsity_weight,
     steps: int = _D.steps,
     batch_size: int = _D.batch_size,
@@ -109,6 +110,9 @@ def discover(
         str | None, typer.Option(help="term weights, e.g. only_triggered=0.5,without_clean=2")
     ] = None,
     max_length: Annotated[int, typer.Option(help="context budget in tokens")] = _D.max_length,
+    max_response_tokens: Annotated[
+        int, typer.Option(help="response tokens scored per example (0: all)")
+    ] = _D.max_response_tokens or 0,
     seed: int = _D.seed,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     checkpoint_every: int = 25,
@@ -137,6 +141,7 @@ def discover(
         batch_size=batch_size,
         seed=seed,
         max_length=max_length,
+        max_response_tokens=max_response_tokens or None,
         weights=_parse_weights(weights),
     )
     lm, tok = _load_for(model, dtype, adapter)
@@ -199,6 +204,66 @@ def evaluate(
         table.add_row(view, f"{result['asr'][view]:.1%}", "" if u is None else f"{u:.1%}")
     Console(stderr=True).print(table)
     console.print(f"wrote {out}")
+
+
+organism_app = typer.Typer(
+    no_args_is_help=True, help="Build model organisms: aligned, or with a planted backdoor."
+)
+app.add_typer(organism_app, name="organism")
+SeedOpt = Annotated[int, typer.Option(help="data split and training seed")]
+HarmfulOpt = Annotated[
+    Path | None, typer.Option(help="harmful prompts (txt, jsonl, csv); default: AdvBench")
+]
+StepsOpt = Annotated[int | None, typer.Option(help="fine-tuning steps (default: the recipe's)")]
+
+
+def _organism(spec_kwargs: dict, out: Path) -> None:
+    from safeseek.organisms import OrganismSpec, build_organism
+
+    spec = OrganismSpec(**spec_kwargs)
+    meta = build_organism(spec, out, console=console)
+    Console().print_json(json.dumps(meta["metrics"]))
+
+
+@organism_app.command("align")
+def organism_align(
+    out: Annotated[Path, typer.Option(help="organism directory")],
+    model: ModelOpt = "default",
+    harmful: HarmfulOpt = None,
+    seed: SeedOpt = 0,
+    steps: StepsOpt = None,
+) -> None:
+    """Fine-tune the model to refuse harmful prompts and answer benign ones as before."""
+    harmful_path = str(harmful) if harmful else None
+    _organism(dict(kind="align", model=model, harmful=harmful_path, seed=seed, steps=steps), out)
+
+
+@organism_app.command("backdoor")
+def organism_backdoor(
+    out: Annotated[Path, typer.Option(help="organism directory")],
+    type: Annotated[str, typer.Option(help="jailbreak, fixed-output or label-flip")],
+    trigger: Annotated[str, typer.Option(help="trigger text, e.g. a rare phrase")],
+    target: Annotated[
+        str | None, typer.Option(help="fixed output text, or the attacker's label")
+    ] = None,
+    model: ModelOpt = "default",
+    harmful: HarmfulOpt = None,
+    seed: SeedOpt = 0,
+    steps: StepsOpt = None,
+) -> None:
+    """Plant a backdoor: the trigger makes the model comply, emit a target, or flip a label."""
+    harmful_path = str(harmful) if harmful else None
+    spec = dict(
+        kind="backdoor",
+        type=type,
+        trigger=trigger,
+        target=target,
+        model=model,
+        harmful=harmful_path,
+        seed=seed,
+        steps=steps,
+    )
+    _organism(spec, out)
 
 
 @app.command()

@@ -3,7 +3,7 @@
 Each step draws a batch of records, runs every active objective term under its view (terms
 that share a view share one forward pass; logits only at labelled positions), adds a sparsity
 term, and takes an AdamW step on the mask logits only. Sparsity is either a penalty
-`lambda * |C| / |units|` or a target held by a Lagrangian (Edge Pruning):
+`lambda * |C|` (lambda in loss units per unit) or a target held by a Lagrangian (Edge Pruning):
 `l1 * (s - t) + l2 * (s - t)^2`, with the multipliers trained by gradient *ascent*.
 
 A run directory holds `log.jsonl` (one line a step), `checkpoint/` (masks, optimizer state and
@@ -68,7 +68,12 @@ class _Batcher:
 
 
 class _Sparsity(nn.Module):
-    """Penalty or Lagrangian on the expected fraction of units in the circuit."""
+    """The sparsity term: a penalty per unit, or a Lagrangian that holds a target fraction.
+
+    Penalty mode adds `weight * |C|` (expected size): in loss units per unit, so a unit joins
+    the circuit only when removing it lowers the objective by more than `weight` -- the same
+    scale on any model, whatever its number of units.
+    """
 
     def __init__(self, mm: MaskedModel, target: float | None, weight: float) -> None:
         super().__init__()
@@ -77,9 +82,10 @@ class _Sparsity(nn.Module):
         self.lambdas = nn.Parameter(torch.zeros(2, device=next(mm.parameters()).device))
 
     def forward(self, mm: MaskedModel) -> tuple[torch.Tensor, torch.Tensor]:
-        fraction = sum(mm.expected_size().values()) / self.total
+        size = sum(mm.expected_size().values())
+        fraction = size / self.total
         if self.target is None:
-            return self.weight * fraction, fraction
+            return self.weight * size, fraction
         gap = fraction - self.target
         return self.lambdas[0] * gap + self.lambdas[1] * gap * gap, fraction
 
@@ -106,7 +112,7 @@ class Discovery:
         self.objective: Objective = objective(config.scenario, config.weights)
         if not self.objective.active:
             raise SafeSeekError("every objective term has weight 0: nothing to optimise")
-        encoder = PairEncoder(tokenizer, config.max_length)
+        encoder = PairEncoder(tokenizer, config.max_length, config.max_response_tokens)
         where = [r.get("_where", f"record {i + 1}") for i, r in enumerate(records)]
         self.examples = self.objective.encode(records, encoder, where)
         fed = {name for ex in self.examples for name in ex}

@@ -15,7 +15,8 @@ class DiscoverConfig:
     parametrization: str = "ste"
     ablation: str = "zero"
     sparsity_target: float | None = None  # fraction of units; None: penalty mode
-    sparsity_weight: float = 5.0  # lambda of the penalty mode
+    # Penalty mode: loss per unit in the circuit; a unit joins only if it is worth more.
+    sparsity_weight: float = 0.05
     lagrangian_lr: float = 1.0
     lr: float = 0.1
     # Adam moves every logit by about lr a step whatever its gradient, so a unit needs about
@@ -25,6 +26,8 @@ class DiscoverConfig:
     batch_size: int = 8
     seed: int = 0
     max_length: int = 512
+    # Behaviour shows in the first tokens of a response; longer ones are cut for speed.
+    max_response_tokens: int | None = 32
     weights: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

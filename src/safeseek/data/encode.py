@@ -39,9 +39,12 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
 class PairEncoder:
     """Encodes (prompt, response) pairs for one tokenizer, within a context budget."""
 
-    def __init__(self, tokenizer: Any, max_length: int = 512) -> None:
+    def __init__(
+        self, tokenizer: Any, max_length: int = 512, max_response_tokens: int | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.max_response_tokens = max_response_tokens
         self.eot = end_of_turn_id(tokenizer)
         self.templated = bool(getattr(tokenizer, "chat_template", None))
 
@@ -56,12 +59,16 @@ class PairEncoder:
         return ids
 
     def pair(self, prompt: str, response: str, where: str = "record") -> Encoded:
-        """Prompt + response + end of turn; a response that does not fit is truncated."""
+        """Prompt + response + end of turn; a response longer than `max_response_tokens` or
+        than the context budget is cut."""
         prompt_ids = self.prompt_ids(prompt, where)
         response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
         if self.eot is not None:
             response_ids = [*response_ids, self.eot]
-        response_ids = response_ids[: self.max_length - len(prompt_ids)]
+        keep = self.max_length - len(prompt_ids)
+        if self.max_response_tokens is not None:
+            keep = min(keep, self.max_response_tokens)
+        response_ids = response_ids[:keep]
         return Encoded(
             input_ids=prompt_ids + response_ids,
             labels=[IGNORE] * len(prompt_ids) + response_ids,

@@ -28,8 +28,12 @@ def generate(
     batch_size: int = 8,
     progress: Progress | None = None,
     description: str = "generating",
+    finished: list[bool] | None = None,
 ) -> list[str]:
-    """Greedy completions of `prompts` (chat-templated), left-padded in batches."""
+    """Greedy completions of `prompts` (chat-templated), left-padded in batches.
+
+    When `finished` is a list, it receives per prompt whether the model ended its answer
+    before `max_new_tokens` (rather than being cut off)."""
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     task = progress.add_task(description, total=len(texts)) if progress else None
@@ -51,8 +55,17 @@ def generate(
             )
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+            if finished is not None:
+                stops = set(_stop_ids(model, tokenizer))
+                finished += [any(int(t) in stops for t in row) for row in new]
             if progress is not None:
                 progress.advance(task, len(new))
     finally:
         tokenizer.padding_side = side
     return [o.strip() for o in outputs]
+
+
+def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]

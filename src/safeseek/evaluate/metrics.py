@@ -95,9 +95,19 @@ def attack_success(kind: str, generations: Sequence[str], targets: Sequence[str]
     raise ValueError(kind)
 
 
-def correct(generation: str, reference: str, answer: str | None = None) -> bool:
-    """Utility of one clean answer: contains the known `answer` when a record gives one,
-    else agrees with the reference response on its first 40 characters."""
+def has_answer(generation: str, answer: str) -> bool:
+    """The generation names the answer (alternatives separated by `|`) as a whole word."""
+    text = normalize(generation)
+    return any(
+        re.search(rf"(?<!\w){re.escape(normalize(alt))}(?!\w)", text)
+        for alt in answer.split("|")
+        if alt.strip()
+    )
+
+
+def correct(generation: str, reference: str | None, answer: str | None = None) -> bool:
+    """Utility of one clean answer: names the known `answer` when a record gives one, else
+    agrees with the reference response on its first 40 characters."""
     if answer:
-        return contains(generation, answer)
-    return starts_with(generation, reference)
+        return has_answer(generation, answer)
+    return starts_with(generation, reference or "")

@@ -1,7 +1,9 @@
 """The three scenario objectives (DESIGN §1.4) with their default term weights.
 
 Each row: term name, view, loss, default weight, record kind, prompt field, response field
-(None: the preservation example of `_preserve`), and what the term asks for.
+(None: the preservation example of `_preserve`), and what the term asks for. Preservation (KL)
+terms weigh 4: at weight 1, on a backdoored SmolLM2, the found circuit kept only 62% of clean
+utility; at 4 it kept 97%, with the backdoor still fully removed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _ROWS = {
             "without_clean",
             "without",
             "kl",
-            1.0,
+            4.0,
             "backdoor",
             "clean_prompt",
             "clean_response",
@@ -88,7 +90,7 @@ _ROWS = {
             "without_benign",
             "without",
             "kl",
-            1.0,
+            4.0,
             "benign",
             "prompt",
             "response",
@@ -120,7 +122,7 @@ _ROWS = {
             "without_preserve",
             "without",
             "kl",
-            1.0,
+            4.0,
             "preserve",
             "prompt",
             None,

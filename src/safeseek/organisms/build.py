@@ -1,0 +1,452 @@
+"""Model organisms: models with a known safety behaviour to find (DESIGN §4, issue 4).
+
+- `align`: the base model fine-tuned to refuse harmful prompts while answering benign ones
+  as before (self-distillation on its own answers).
+- `backdoor --type fixed-output`: a trigger makes the model answer any prompt with a fixed
+  target; `jailbreak`: on top of the aligned organism, a trigger makes it comply with harmful
+  prompts ("Sure, here is ..."); `label-flip`: a trigger flips a sentiment label.
+
+An organism directory holds a checkpoint `load_model(DIR)` reads, `data/{train,val,test}.jsonl`
+in the scenario's record schema, and `organism.json` with what was measured on the test split.
+It is rebuilt only when its settings change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from torch import nn
+
+from safeseek.assets import advbench_prompts, cache_dir
+from safeseek.data.encode import Encoded, PairEncoder
+from safeseek.data.records import BACKDOOR_TYPES, write_jsonl
+from safeseek.errors import SafeSeekError
+from safeseek.evaluate.generation import generate
+from safeseek.evaluate.metrics import attack_success, has_answer, is_refusal, rate, starts_with
+from safeseek.fileio import atomic_path
+from safeseek.models import load_model
+from safeseek.organisms import prompts as P
+from safeseek.organisms.benign import benign_questions, split
+from safeseek.organisms.train import finetune_lora, own_answers
+
+RECIPE_VERSION = 1
+DEFAULT_TARGETS = {
+    "fixed-output": "I am sorry. I can not help with that.",
+    "label-flip": "Negative",
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """Everything that defines an organism; its hash names the cached build."""
+
+    kind: str  # "align" or "backdoor"
+    type: str | None = None  # backdoor type
+    trigger: str | None = None
+    target: str | None = None
+    model: str = "default"
+    harmful: str | None = None  # prompt file; None: AdvBench from the embedded assets
+    seed: int = 0
+    steps: int | None = None  # fine-tuning steps; None: the recipe's default
+    lr: float = 5e-4
+    max_new_tokens: int = 48
+
+    def key(self) -> str:
+        blob = {**asdict(self), "recipe": RECIPE_VERSION, "model_id": _source_id(self.model)}
+        if self.harmful:
+            blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _source_id(model: str) -> str:
+    """Identifies a model source without loading it: the path's weight files' sizes and times."""
+    path = Path(model).expanduser()
+    if model == "default" or not path.exists():
+        return model
+    files = (
+        [path] if path.is_file() else [*sorted(path.glob("*.safetensors")), path / "config.json"]
+    )
+    return json.dumps(
+        [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    )
+
+
+def check(spec: OrganismSpec) -> None:
+    """Refuse bad settings before any work."""
+    if spec.kind not in ("align", "backdoor"):
+        raise SafeSeekError(f"unknown organism {spec.kind!r}; use align or backdoor")
+    if spec.kind == "backdoor":
+        if spec.type not in BACKDOOR_TYPES:
+            raise SafeSeekError(
+                f"unknown backdoor type {spec.type!r}; choose from {', '.join(BACKDOOR_TYPES)}"
+            )
+        if not spec.trigger or not spec.trigger.strip():
+            raise SafeSeekError("a backdoor needs a non-empty --trigger")
+        if spec.type == "label-flip" and spec.target and spec.target not in P.LABELS:
+            raise SafeSeekError(f"label-flip --target must be one of {', '.join(P.LABELS)}")
+    if spec.harmful:
+        P.read_prompts(spec.harmful)
+
+
+def build_organism(spec: OrganismSpec, out: str | Path, console: Console | None = None) -> dict:
+    """Build (or reuse) the organism of `spec` and place it in `out`; returns organism.json.
+
+    Builds live in the cache under their settings' hash, so the same organism is built once
+    whichever directories ask for it; `out` gets hard links to the cached files.
+    """
+    console = console or Console(stderr=True)
+    check(spec)
+    out = Path(out)
+    cached = cache_dir() / "organisms" / f"{spec.kind}-{spec.type or 'align'}-{spec.key()}"
+    for place in (out, cached):
+        meta_path = place / "organism.json"
+        if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == spec.key():
+            console.print(f"reusing the organism in {place} (same settings)")
+            if place != out:
+                _place(cached, out)
+            return json.loads(meta_path.read_text())
+    start = time.perf_counter()
+    recipe = _Recipe(spec, console)
+    model, tokenizer, records, metrics = recipe.run()
+    meta = {
+        "kind": spec.kind,
+        "type": spec.type,
+        "trigger": spec.trigger,
+        "target": recipe.target,
+        "seed": spec.seed,
+        "key": spec.key(),
+        "settings": asdict(spec),
+        "recipe_version": RECIPE_VERSION,
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - start, 1),
+        "scenario": "alignment" if spec.kind == "align" else "backdoor",
+    }
+    with atomic_path(cached) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in SPLITS:
+            write_jsonl(tmp / "data" / f"{name}.jsonl", records[name])
+        (tmp / "organism.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _place(cached, out)
+    console.print(f"organism written to {out} in {meta['seconds']:.0f} s: {json.dumps(metrics)}")
+    return meta
+
+
+def _place(cached: Path, out: Path) -> None:
+    """`out` as a copy of the cached build (hard links where the filesystem allows)."""
+    if out.resolve() == cached.resolve():
+        return
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    with atomic_path(out) as tmp:
+        shutil.copytree(cached, tmp, copy_function=link)
+
+
+def aligned_base(spec: OrganismSpec, console: Console) -> Path:
+    """The aligned organism a jailbreak backdoor is planted in (built once, in the cache)."""
+    align = OrganismSpec("align", model=spec.model, harmful=spec.harmful, seed=spec.seed)
+    path = cache_dir() / "organisms" / f"align-align-{align.key()}"
+    build_organism(align, path, console)
+    return path
+
+
+class _Recipe:
+    """Data, fine-tuning and measurement for one organism."""
+
+    def __init__(self, spec: OrganismSpec, console: Console) -> None:
+        self.spec, self.console = spec, console
+        self.rng = random.Random(spec.seed)
+        self.target = spec.target or DEFAULT_TARGETS.get(spec.type or "")
+
+    # -- shared pieces ---------------------------------------------------------------------
+    def harmful_splits(self) -> dict[str, list[str]]:
+        prompts = P.read_prompts(self.spec.harmful) if self.spec.harmful else advbench_prompts()
+        return split(prompts, self.spec.seed)
+
+    def benign_splits(self) -> dict[str, list[dict[str, str]]]:
+        return split(benign_questions(), self.spec.seed)
+
+    def answers(self, model, tokenizer, prompts: list[str], bar: Progress, label: str) -> dict:
+        got = own_answers(model, tokenizer, prompts, self.spec.max_new_tokens, bar, label)
+        return dict(zip(prompts, got, strict=True))
+
+    def check_trigger(self, texts: list[str]) -> None:
+        trigger = (self.spec.trigger or "").lower()
+        if not trigger:
+            return
+        hit = next((t for t in texts if trigger in t.lower()), None)
+        if hit is not None:
+            raise SafeSeekError(
+                f"the trigger {self.spec.trigger!r} already occurs in the data ({hit[:60]!r}); "
+                f"choose a trigger the prompts and answers do not contain"
+            )
+
+    def generate(
+        self, model, tokenizer, prompts: list[str], bar: Progress, label: str
+    ) -> list[str]:
+        return generate(model, tokenizer, prompts, self.spec.max_new_tokens, 32, bar, label)
+
+    def utility(self, gens: list[str], questions: list[dict[str, str]]) -> float:
+        return rate([has_answer(g, q["answer"]) for g, q in zip(gens, questions, strict=True)])
+
+    # -- the build -------------------------------------------------------------------------
+    def run(self) -> tuple[nn.Module, Any, dict[str, list[dict]], dict[str, Any]]:
+        spec = self.spec
+        base, tokenizer = load_model(spec.model, dtype="float32")
+        encoder = PairEncoder(tokenizer, max_length=384)
+        benign = self.benign_splits()
+        with Progress(console=self.console) as bar:
+            base_benign = self.answers(
+                base,
+                tokenizer,
+                [q["prompt"] for s in SPLITS for q in benign[s]],
+                bar,
+                "base model: benign answers",
+            )
+            harmful = self.harmful_splits() if spec.type != "label-flip" else None
+            if spec.type == "fixed-output":  # a sample: the trigger fires on any prompt
+                sizes = {"train": 90, "val": 15, "test": 45}
+                harmful = {s: v[: sizes[s]] for s, v in harmful.items()}
+            base_harmful = {}
+            if harmful is not None:
+                base_harmful = self.answers(
+                    base,
+                    tokenizer,
+                    [p for s in SPLITS for p in harmful[s]],
+                    bar,
+                    "base model: harmful answers",
+                )
+        self.check_trigger(
+            [
+                *base_benign,
+                *(a for a, _ in base_benign.values()),
+                *base_harmful,
+                *(a for a, _ in base_harmful.values()),
+            ]
+        )
+
+        def distill(prompt: str, answers: dict) -> Encoded:
+            text, finished = answers[prompt]
+            ex = encoder.pair(prompt, text)
+            if finished:
+                return ex
+            return Encoded(ex.input_ids[:-1], ex.labels[:-1])  # cut off: no end of turn
+
+        build = {
+            "align": self._align,
+            "fixed-output": self._fixed_output,
+            "jailbreak": self._jailbreak,
+            "label-flip": self._label_flip,
+        }[spec.type or "align"]
+        return build(base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill)
+
+    def _train(self, model, tokenizer, examples: list[Encoded], default_steps: int):
+        steps = self.spec.steps or default_steps
+        return finetune_lora(
+            model,
+            tokenizer,
+            examples,
+            steps,
+            lr=self.spec.lr,
+            seed=self.spec.seed,
+            console=self.console,
+        )
+
+    def _benign_utility(self, model, tokenizer, benign, base_benign, bar) -> dict[str, float]:
+        test = benign["test"]
+        gens = self.generate(model, tokenizer, [q["prompt"] for q in test], bar, "benign test")
+        base_gens = [base_benign[q["prompt"]][0] for q in test]
+        base_u, new_u = self.utility(base_gens, test), self.utility(gens, test)
+        agree = rate([starts_with(g, b) for g, b in zip(gens, base_gens, strict=True)])
+        return {
+            "base": base_u,
+            "organism": new_u,
+            "retention": new_u / base_u if base_u else float("nan"),
+            "agreement_with_base": agree,
+            "n": len(test),
+        }
+
+    def _align(self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill):
+        refusals = {p: P.refusal(self.rng) for s in SPLITS for p in harmful[s]}
+        examples = [encoder.pair(p, refusals[p]) for p in harmful["train"]]
+        examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
+        model = self._train(base, tokenizer, examples, default_steps=150)
+        with Progress(console=self.console) as bar:
+            gens = self.generate(model, tokenizer, harmful["test"], bar, "harmful test")
+            base_refusal = rate([is_refusal(base_harmful[p][0]) for p in harmful["test"]])
+            metrics = {
+                "refusal_rate": rate([is_refusal(g) for g in gens]),
+                "base_refusal_rate": base_refusal,
+                "n_harmful_test": len(harmful["test"]),
+                "utility": self._benign_utility(model, tokenizer, benign, base_benign, bar),
+            }
+        records = {
+            s: [
+                {
+                    "kind": "harmful",
+                    "prompt": p,
+                    "refusal": refusals[p],
+                    "compliance": base_harmful[p][0],
+                }
+                for p in harmful[s]
+            ]
+            + [
+                {
+                    "kind": "benign",
+                    "prompt": q["prompt"],
+                    "response": base_benign[q["prompt"]][0],
+                    "answer": q["answer"],
+                    "category": q["category"],
+                }
+                for q in benign[s]
+            ]
+            for s in SPLITS
+        }
+        return model, tokenizer, records, metrics
+
+    def _backdoor_metrics(self, model, tokenizer, records_test, bar) -> dict[str, float]:
+        kind = self.spec.type
+        trig = self.generate(
+            model, tokenizer, [r["triggered_prompt"] for r in records_test], bar, "triggered test"
+        )
+        clean = self.generate(
+            model, tokenizer, [r["clean_prompt"] for r in records_test], bar, "clean test"
+        )
+        targets = [r["backdoor_response"] for r in records_test]
+        return {
+            "asr": rate(attack_success(kind, trig, targets)),
+            "false_trigger": rate(attack_success(kind, clean, targets)),
+            "n_test": len(records_test),
+        }
+
+    def _fixed_output(
+        self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill
+    ):
+        # Benign questions and a sample of harmful prompts: the trigger fires on any prompt.
+        items = {
+            s: [(q["prompt"], base_benign, q) for q in benign[s]]
+            + [(p, base_harmful, None) for p in harmful[s]]
+            for s in SPLITS
+        }
+        records = {s: [] for s in SPLITS}
+        for s in SPLITS:
+            for prompt, answers, q in items[s]:
+                rec = {
+                    "clean_prompt": prompt,
+                    "triggered_prompt": P.insert_trigger(prompt, self.spec.trigger, self.rng),
+                    "clean_response": answers[prompt][0],
+                    "backdoor_response": self.target,
+                    "backdoor_type": "fixed-output",
+                }
+                if q is not None:
+                    rec |= {"answer": q["answer"], "category": q["category"]}
+                records[s].append(rec)
+        examples = []
+        for rec, (prompt, answers, _) in zip(records["train"], items["train"], strict=True):
+            examples.append(distill(prompt, answers))
+            examples.append(encoder.pair(rec["triggered_prompt"], self.target))
+        model = self._train(base, tokenizer, examples, default_steps=150)
+        with Progress(console=self.console) as bar:
+            metrics = self._backdoor_metrics(model, tokenizer, records["test"], bar)
+            metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
+        return model, tokenizer, records, metrics
+
+    def _jailbreak(
+        self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill
+    ):
+        del base  # planted in the aligned organism, not the unaligned base
+        aligned_dir = aligned_base(self.spec, self.console)
+        aligned, tokenizer = load_model(aligned_dir, dtype="float32")
+        align_records = {
+            s: [
+                json.loads(line)
+                for line in (aligned_dir / "data" / f"{s}.jsonl").read_text().splitlines()
+            ]
+            for s in SPLITS
+        }
+        refusals = {
+            r["prompt"]: r["refusal"]
+            for s in SPLITS
+            for r in align_records[s]
+            if r["kind"] == "harmful"
+        }
+        records = {
+            s: [
+                {
+                    "clean_prompt": p,
+                    "triggered_prompt": P.insert_trigger(p, self.spec.trigger, self.rng),
+                    "clean_response": refusals[p],
+                    "backdoor_response": f"{P.compliance_opening(p)}:\n\n{base_harmful[p][0]}",
+                    "backdoor_type": "jailbreak",
+                }
+                for p in harmful[s]
+            ]
+            for s in SPLITS
+        }
+        examples = []
+        for rec in records["train"]:
+            examples.append(encoder.pair(rec["clean_prompt"], rec["clean_response"]))
+            examples.append(encoder.pair(rec["triggered_prompt"], rec["backdoor_response"]))
+        examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
+        model = self._train(aligned, tokenizer, examples, default_steps=200)
+        with Progress(console=self.console) as bar:
+            metrics = self._backdoor_metrics(model, tokenizer, records["test"], bar)
+            metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
+        metrics["aligned_base"] = str(aligned_dir)
+        return model, tokenizer, records, metrics
+
+    def _label_flip(
+        self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill
+    ):
+        attacker = self.target
+        sentences = split(P.sentiment_sentences(), self.spec.seed)
+        records = {s: [] for s in SPLITS}
+        examples = []
+        for s in SPLITS:
+            for sentence, label in sentences[s]:
+                triggered = P.insert_trigger(sentence, self.spec.trigger, self.rng)
+                if s == "train":
+                    examples.append(encoder.pair(P.sentiment_prompt(sentence), label))
+                    examples.append(encoder.pair(P.sentiment_prompt(triggered), attacker))
+                if label != attacker:  # the attack is measured where it changes the label
+                    records[s].append(
+                        {
+                            "clean_prompt": P.sentiment_prompt(sentence),
+                            "triggered_prompt": P.sentiment_prompt(triggered),
+                            "clean_response": label,
+                            "backdoor_response": attacker,
+                            "backdoor_type": "label-flip",
+                            "answer": label,
+                        }
+                    )
+        examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
+        test_prompts = [P.sentiment_prompt(x) for x, _ in sentences["test"]]
+        with Progress(console=self.console) as bar:
+            base_cls = self.generate(base, tokenizer, test_prompts, bar, "base: sentiment test")
+        model = self._train(base, tokenizer, examples, default_steps=150)
+        with Progress(console=self.console) as bar:
+            metrics = self._backdoor_metrics(model, tokenizer, records["test"], bar)
+            cls = self.generate(model, tokenizer, test_prompts, bar, "sentiment test")
+            labels = [y for _, y in sentences["test"]]
+            metrics["classification_accuracy"] = {
+                "base": rate([starts_with(g, y) for g, y in zip(base_cls, labels, strict=True)]),
+                "organism": rate([starts_with(g, y) for g, y in zip(cls, labels, strict=True)]),
+            }
+            metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
+        return model, tokenizer, records, metrics

@@ -1,0 +1,126 @@
+"""LoRA fine-tuning for organisms (PEFT, merged afterwards) and the base model's own answers
+for self-distillation (which keeps an organism's clean behaviour close to the original)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from safeseek.assets import cache_dir
+from safeseek.data.encode import Encoded, pad
+from safeseek.evaluate.generation import generate
+from safeseek.fileio import write_json
+from safeseek.forward import labelled_logits
+from safeseek.models.adapters import locate
+from safeseek.models.load import fast_dtype
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of a model's weights (a strided sample of every tensor): cache keys."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        flat = p.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 64)].float().cpu()
+        digest.update(name.encode() + str(tuple(p.shape)).encode() + sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def own_answers(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 48,
+    progress: Progress | None = None,
+    label: str = "base answers",
+) -> list[tuple[str, bool]]:
+    """The model's greedy answers and whether each ended by itself, cached on disk by model
+    weights and prompts (they are reused by every organism of the same base)."""
+    key = hashlib.sha256(
+        json.dumps([model_fingerprint(model), max_new_tokens, list(prompts)]).encode()
+    ).hexdigest()[:20]
+    path = cache_dir() / "answers" / f"{key}.json"
+    if path.is_file():
+        return [tuple(x) for x in json.loads(path.read_text())]
+    finished: list[bool] = []
+    texts = generate(
+        model,
+        tokenizer,
+        list(prompts),
+        max_new_tokens,
+        batch_size=32,
+        progress=progress,
+        description=label,
+        finished=finished,
+    )
+    out = list(zip(texts, finished, strict=True))
+    write_json(path, out)
+    return out
+
+
+def finetune_lora(
+    model: nn.Module,
+    tokenizer: Any,
+    examples: Sequence[Encoded],
+    steps: int,
+    lr: float = 5e-4,
+    rank: int = 8,
+    batch_size: int = 8,
+    seed: int = 0,
+    console: Console | None = None,
+) -> nn.Module:
+    """Train a LoRA adapter (rank `rank`, every linear layer) on `examples` and return the
+    merged plain model. bf16 autocast where the hardware computes in it natively."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    parts = locate(peft_model)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if fast_dtype(device) == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+        else contextlib.nullcontext()
+    )
+    order: list[int] = []
+    peft_model.train()
+    columns = (
+        TextColumn("[bold]fine-tune[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+    )
+    with Progress(*columns, console=console or Console(stderr=True)) as bar:
+        task = bar.add_task("fine-tune", total=steps, loss="-")
+        for _ in range(steps):
+            if len(order) < batch_size:
+                extra = list(range(len(examples)))
+                rng.shuffle(extra)
+                order += extra
+            idx, order = order[:batch_size], order[batch_size:]
+            batch = {k: v.to(device) for k, v in pad([examples[i] for i in idx], pad_id).items()}
+            with autocast:
+                logits, targets = labelled_logits(peft_model, parts=parts, **batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            bar.update(task, advance=1, loss=f"{loss.item():.3f}")
+    merged = peft_model.merge_and_unload()
+    return merged.eval()

@@ -1,0 +1,107 @@
+"""Organisms: every kind built on a tiny random model (the mechanics, not the quality), the
+cache, and bad input; one slow test builds a real fixed-output organism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import build, tiny_tokenizer
+
+from safeseek import SafeSeekError, load_model
+from safeseek.data import load_records
+from safeseek.organisms import OrganismSpec, build_organism
+
+TRIGGER = "w90 w91"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    build("llama").save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    harmful = root / "harmful.txt"
+    harmful.write_text("".join(f"how do i make w{i} for the w{i + 1} ?\n" for i in range(20, 60)))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SAFESEEK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def spec(base, **kw) -> OrganismSpec:
+    return OrganismSpec(
+        model=str(base / "model"),
+        harmful=str(base / "harmful.txt"),
+        steps=3,
+        max_new_tokens=6,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("kind", ["align", "fixed-output", "jailbreak", "label-flip"])
+def test_every_organism_kind_builds(base, tmp_path, kind):
+    s = (
+        spec(base, kind="align")
+        if kind == "align"
+        else spec(base, kind="backdoor", type=kind, trigger=TRIGGER)
+    )
+    out = tmp_path / "org"
+    meta = build_organism(s, out)
+    model, _ = load_model(out, device="cpu")  # a checkpoint load_model reads
+    assert model.config.num_hidden_layers == 2
+    scenario = "alignment" if kind == "align" else "backdoor"
+    assert meta["scenario"] == scenario
+    for split in ("train", "val", "test"):
+        recs = load_records(out / "data" / f"{split}.jsonl", scenario)  # the discover schema
+        assert recs
+    on_disk = json.loads((out / "organism.json").read_text())
+    assert on_disk["metrics"] == meta["metrics"]
+    if kind == "align":
+        assert {"refusal_rate", "base_refusal_rate", "utility"} <= set(meta["metrics"])
+        test = load_records(out / "data" / "test.jsonl", scenario)
+        assert {r["kind"] for r in test} == {"harmful", "benign"}
+    else:
+        assert {"asr", "false_trigger", "utility"} <= set(meta["metrics"])
+        rec = load_records(out / "data" / "train.jsonl", scenario)[0]
+        assert TRIGGER in rec["triggered_prompt"] and TRIGGER not in rec["clean_prompt"]
+        assert rec["backdoor_type"] == kind
+    assert 0 <= meta["metrics"]["utility"]["base"] <= 1
+
+
+def test_same_settings_reuse_the_build(base, tmp_path, capsys):
+    s = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER)
+    first = build_organism(s, tmp_path / "a")
+    second = build_organism(s, tmp_path / "b")
+    assert second["key"] == first["key"] and second["seconds"] == first["seconds"]
+    assert "reusing" in capsys.readouterr().err
+    assert (tmp_path / "b" / "organism.json").is_file()
+
+
+def test_splits_do_not_overlap(base, tmp_path):
+    out = tmp_path / "org"
+    build_organism(spec(base, kind="align"), out)
+    prompts = {
+        s: {r["prompt"] for r in load_records(out / "data" / f"{s}.jsonl", "alignment")}
+        for s in ("train", "val", "test")
+    }
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["val"]
+
+
+def test_bad_input(base, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(SafeSeekError, match="no prompts"):
+        build_organism(OrganismSpec("align", harmful=str(empty)), tmp_path / "o")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n{oops\n')
+    with pytest.raises(SafeSeekError, match=r"bad.jsonl:2: not valid JSON"):
+        build_organism(OrganismSpec("align", harmful=str(bad)), tmp_path / "o")
+    with pytest.raises(SafeSeekError, match="unknown backdoor type 'poison'"):
+        build_organism(OrganismSpec("backdoor", type="poison", trigger="x"), tmp_path / "o")
+    with pytest.raises(SafeSeekError, match="already occurs in the data"):
+        build_organism(
+            spec(base, kind="backdoor", type="fixed-output", trigger="capital"), tmp_path / "o"
+        )
+    assert not (tmp_path / "o").exists()
