@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 from tiny_backdoor import records, train
 
-from safeseek import SafeSeekError
+from safeseek import Circuit, SafeSeekError
 from safeseek.data import load_records, write_jsonl
 from safeseek.data.records import validate
-from safeseek.discover import DiscoverConfig, discover
+from safeseek.discover import DiscoverConfig, Discovery, discover
 from safeseek.evaluate.run import evaluate_circuit
 
 
@@ -252,3 +252,26 @@ def test_sparsity_target_holds_the_circuit_size(organism):
         expected = float(sum(result.masked_model.expected_size().values())) / 264
     assert abs(expected - target) < 0.03, expected
     assert 0.03 < size < 0.2, size
+
+
+def test_mean_ablation_run_carries_its_means_to_evaluation(organism, tmp_path):
+    _, model, tok = organism
+    recs = [validate(r, "backdoor", "t") for r in records(16, 5)]
+    config = DiscoverConfig("backdoor", steps=3, ablation="mean")
+    result = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False).run()
+    assert result.masked_model.means  # fitted on the clean (KL) prompts
+    circuit = Circuit.load(tmp_path / "run" / "circuit.json", model=model)
+    assert circuit.metadata["ablation"] == "mean"
+    circuit = Circuit(heads=[(0, 1)], metadata=circuit.metadata)
+    ev, _ = evaluate_circuit(
+        model,
+        tok,
+        circuit,
+        "backdoor",
+        recs,
+        max_new_tokens=2,
+        masks_path=tmp_path / "run" / "masks.safetensors",
+    )
+    assert ev["settings"]["ablation"] == "mean"
+    with pytest.raises(SafeSeekError, match="mean ablation"):
+        evaluate_circuit(model, tok, circuit, "backdoor", recs, max_new_tokens=2)
