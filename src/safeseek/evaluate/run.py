@@ -3,6 +3,7 @@ circuit, and with the circuit alone, from real greedy generations."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,7 +109,11 @@ def evaluate_circuit(
             )
         mm.load_masks(masks_path)
     circuit.check(mm)
-    views = {"full": None, "without_circuit": mm.without, "circuit_only": mm.only}
+    views = {
+        "full": lambda _: contextlib.nullcontext(),
+        "without_circuit": mm.without,
+        "circuit_only": mm.only,
+    }
     rows: list[dict[str, Any]] = []
     asr: dict[str, float] = {}
     false_trigger: dict[str, float] = {}
@@ -117,12 +122,7 @@ def evaluate_circuit(
 
         def run(view: str, items: list[dict[str, Any]], label: str) -> list[str]:
             prompts = [it["prompt"] for it in items]
-            ctx = views[view]
-            if ctx is None:
-                return generate(
-                    model, tokenizer, prompts, max_new_tokens, batch_size, bar, f"{view}: {label}"
-                )
-            with ctx(circuit):
+            with views[view](circuit):
                 return generate(
                     model, tokenizer, prompts, max_new_tokens, batch_size, bar, f"{view}: {label}"
                 )

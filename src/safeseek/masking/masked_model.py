@@ -138,12 +138,12 @@ class MaskedModel(nn.Module):
         self._require_idle()
         batches = _as_batches(reference, tokenizer, self._device)
         sums = {g: torch.zeros(self._sum_shape(g), dtype=torch.float64) for g in GRANULARITIES}
-        token_mask: list[torch.Tensor] = []
+        current: dict[str, torch.Tensor] = {}  # the token mask of the batch being run
         tokens = 0
 
         def accumulate(granularity: str, layer: int, part: int = 0) -> Callable:
             def hook(x: torch.Tensor) -> None:
-                flat = x.detach()[token_mask[0]].double().sum(0).cpu()
+                flat = x.detach()[current["mask"]].double().sum(0).cpu()
                 if granularity == "layer":
                     sums[granularity][layer, part] += flat
                 else:
@@ -156,10 +156,8 @@ class MaskedModel(nn.Module):
             for batch in batches:
                 mask = batch.get("attention_mask")
                 ids = batch["input_ids"]
-                token_mask[:] = [
-                    (mask if mask is not None else torch.ones_like(ids)).bool().to(ids.device)
-                ]
-                tokens += int(token_mask[0].sum())
+                current["mask"] = (mask if mask is not None else torch.ones_like(ids)).bool()
+                tokens += int(current["mask"].sum())
                 self.model(**batch)
         finally:
             for handle in handles:
