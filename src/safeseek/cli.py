@@ -98,8 +98,12 @@ def discover(
         float | None, typer.Option(help="hold the circuit at this fraction of units")
     ] = None,
     sparsity_weight: Annotated[
-        float, typer.Option(help="penalty per unit in the circuit (loss units)")
-    ] = _D.sparsity_weight,
+        float | None,
+        typer.Option(
+            help="penalty per unit in the circuit, in loss units (default: backdoor 0.05, "
+            "alignment 0.01, custom 0.05)"
+        ),
+    ] = None,
     steps: int = _D.steps,
     batch_size: int = _D.batch_size,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of the mask logits")] = _D.lr,
