@@ -17,7 +17,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
     Works for files and directories; on an exception the temporary is removed and `path` is
-    left as it was.
+    left as it was. An existing directory is first renamed aside (not deleted), so `path`
+    is missing only between two renames, never half-written.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -26,7 +27,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield staged
         if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
+            os.replace(target, tmp / "previous")
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
