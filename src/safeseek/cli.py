@@ -210,6 +210,39 @@ def evaluate(
     console.print(f"wrote {out}")
 
 
+@app.command("export")
+def export_cmd(
+    circuit: Annotated[Path, typer.Option(help="circuit.json from discover")],
+    out: Annotated[Path, typer.Option(help="directory for the edited checkpoint")],
+    model: ModelOpt = "default",
+    adapter: AdapterOpt = None,
+) -> None:
+    """Write a plain Hugging Face checkpoint with the circuit surgically removed."""
+    from safeseek import Circuit, MaskedModel
+    from safeseek.export import export
+    from safeseek.models import load_model
+
+    c = Circuit.load(circuit)
+    with console.status(f"loading {model}"):
+        lm, tok = load_model(model, adapter=adapter)
+    c.check(lm)
+    means = None
+    if c.metadata.get("ablation") == "mean":
+        masks = circuit.parent / "masks.safetensors"
+        if not masks.is_file():
+            raise SafeSeekError(f"mean ablation needs {masks} (with the reference means)")
+        mm = MaskedModel(
+            lm,
+            granularities=c.metadata.get("granularities", ("head", "neuron")),
+            parametrization=c.metadata.get("parametrization", "ste"),
+            ablation="mean",
+        )
+        mm.load_masks(masks)
+        means = mm.means
+    export(lm, tok, c, out, means=means)
+    console.print(f"wrote {out}: {c!r} removed ({c.metadata.get('ablation', 'zero')} ablation)")
+
+
 organism_app = typer.Typer(
     no_args_is_help=True, help="Build model organisms: aligned, or with a planted backdoor."
 )
