@@ -18,7 +18,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_commands():
     proc = run("--help")
     assert proc.returncode == 0
-    assert "info" in proc.stdout and "demo" in proc.stdout
+    for command in ("info", "organism", "discover", "evaluate", "export", "demo"):
+        assert command in proc.stdout
 
 
 def test_info_on_a_model_directory(tmp_path):
@@ -35,3 +36,11 @@ def test_bad_model_is_a_one_line_error(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no such model directory" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_bad_weights_option_is_one_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    proc = run("discover", "--data", str(data), "--weights", "without_clean")
+    assert proc.returncode == 1
+    assert "--weights takes name=number pairs" in proc.stderr

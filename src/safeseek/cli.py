@@ -61,11 +61,11 @@ def _parse_weights(text: str | None) -> dict[str, float]:
     for item in text.split(","):
         name, sep, value = item.partition("=")
         try:
+            if not sep:
+                raise ValueError(item)
             out[name.strip()] = float(value)
         except ValueError:
-            sep = ""
-        if not sep:
-            raise SafeSeekError(f"--weights takes name=number pairs, got {item!r}")
+            raise SafeSeekError(f"--weights takes name=number pairs, got {item!r}") from None
     return out
 
 
@@ -131,6 +131,7 @@ def discover(
 
     if method != "mask":
         raise SafeSeekError(f"unknown method {method!r}; available: mask")
+    term_weights = _parse_weights(weights)
     records = load_records(data, scenario)
     config = DiscoverConfig(
         scenario=scenario,
@@ -146,7 +147,7 @@ def discover(
         seed=seed,
         max_length=max_length,
         max_response_tokens=max_response_tokens or None,
-        weights=_parse_weights(weights),
+        weights=term_weights,
     )
     lm, tok = _load_for(model, dtype, adapter)
     run = Discovery(lm, tok, records, config, out=out, data_hash=data_hash(data))
