@@ -166,7 +166,8 @@ class Discovery:
         device = self.accelerator.device
         batch = {k: v.to(device) for k, v in pad(rows, self.pad_id).items()}
         positions = (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()
-        kl_rows = [i for i, t in enumerate(t for t, n in spans for _ in range(n)) if t.loss == "kl"]
+        row_terms = [t for t, n_rows in spans for _ in range(n_rows)]
+        kl_rows = [i for i, t in enumerate(row_terms) if t.loss == "kl"]
         reference = None
         if kl_rows:
             with torch.no_grad():
