@@ -18,7 +18,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_commands():
     proc = run("--help")
     assert proc.returncode == 0
-    for command in ("info", "organism", "discover", "evaluate", "export", "demo"):
+    for command in ("info", "organism", "discover", "evaluate", "tune", "export", "demo"):
         assert command in proc.stdout
 
 
@@ -44,3 +44,48 @@ def test_bad_weights_option_is_one_line(tmp_path):
     proc = run("discover", "--data", str(data), "--weights", "without_clean")
     assert proc.returncode == 1
     assert "--weights takes name=number pairs" in proc.stderr
+
+
+def test_tune_writes_a_plain_checkpoint_that_keeps_the_circuit(tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from safeseek import Circuit
+    from safeseek.tuning import ownership
+
+    model_dir = tmp_path / "model"
+    model = build("llama")
+    model.save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    circuit = Circuit(heads=[(0, 1)], neurons=[(1, 3)])
+    circuit.save(tmp_path / "circuit.json")
+    data = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"what is {a} + {a} ?", "target": f"{2 * a} ."} for a in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "tuned"
+    args = ["tune", "--model", str(model_dir), "--circuit", str(tmp_path / "circuit.json")]
+    args += ["--data", str(data), "--out", str(out), "--mode", "exclude-circuit", "--lora"]
+    proc = run(*args, "--steps", "3", "--lr", "0.05", "--batch-size", "4")
+    assert proc.returncode == 0, proc.stderr
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    masks = ownership(model, circuit).parameter_masks(model)
+    after = dict(tuned.named_parameters())
+    before = dict(model.named_parameters())
+    assert all(torch.equal(after[n][m], before[n][m]) for n, m in masks.items())
+    assert any(not torch.equal(after[n], p) for n, p in before.items())
+    provenance = json.loads((out / "safeseek_tune.json").read_text())
+    assert provenance["mode"] == "exclude-circuit" and provenance["method"] == "lora"
+
+
+def test_tune_bad_record_names_file_and_line(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "hi", "target": "yo"}\n{"target": "no prompt"}\n')
+    (tmp_path / "c.json").write_text('{"format": "safeseek-circuit", "version": 1}')
+    proc = run(
+        "tune", "--circuit", str(tmp_path / "c.json"), "--data", str(data),
+        "--out", str(tmp_path / "o"), "--mode", "circuit-only",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"{data}:2: missing field 'prompt'" in proc.stderr

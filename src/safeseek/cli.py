@@ -244,6 +244,67 @@ def export_cmd(
     console.print(f"wrote {out}: {c!r} removed ({c.metadata.get('ablation', 'zero')} ablation)")
 
 
+@app.command()
+def tune(
+    circuit: Annotated[Path, typer.Option(help="circuit.json from discover")],
+    data: Annotated[Path, typer.Option(help="JSONL or CSV of {prompt, target} records")],
+    out: Annotated[Path, typer.Option(help="directory for the tuned checkpoint")],
+    mode: Annotated[str, typer.Option(help="circuit-only or exclude-circuit")],
+    model: ModelOpt = "default",
+    lora: Annotated[bool, typer.Option(help="LoRA restricted to the allowed rows/columns")] = False,
+    rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    steps: int = 100,
+    lr: Annotated[
+        float | None, typer.Option(help="learning rate (default: full 2e-5, LoRA 5e-4)")
+    ] = None,
+    batch_size: int = 8,
+    max_length: Annotated[int, typer.Option(help="context budget in tokens")] = 512,
+    max_response_tokens: Annotated[int, typer.Option(help="target tokens trained (0: all)")] = 0,
+    seed: int = 0,
+    dtype: Annotated[str, typer.Option(help="weights while training: float32 or bfloat16")] = (
+        "float32"
+    ),
+    adapter: AdapterOpt = None,
+) -> None:
+    """Safety Circuit Tuning: fine-tune only the circuit, or everything except it."""
+    from safeseek import Circuit
+    from safeseek.data import load_records
+    from safeseek.data.encode import PairEncoder
+    from safeseek.fileio import write_checkpoint
+    from safeseek.models import load_model
+    from safeseek.tuning import TuneConfig
+    from safeseek.tuning import tune as run_tune
+
+    config = TuneConfig(
+        mode=mode,
+        method="lora" if lora else "full",
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        rank=rank,
+        seed=seed,
+    )
+    records = load_records(data, "custom")
+    c = Circuit.load(circuit)
+    with console.status(f"loading {model}"):
+        lm, tok = load_model(model, dtype=dtype, adapter=adapter)
+    c.check(lm)
+    encoder = PairEncoder(tok, max_length, max_response_tokens or None)
+    examples = []
+    for r in records:
+        target = r.get("target", r.get("response"))
+        if target is None:
+            raise SafeSeekError(f"{r['_where']}: a tuning record needs a 'target'")
+        examples.append(encoder.pair(r["prompt"], target, r["_where"]))
+    tuned, summary = run_tune(lm, tok, c, examples, config, console=console)
+    summary.update({"model": model, "circuit_file": str(circuit), "data": str(data)})
+    write_checkpoint(tuned, tok, out, summary, "safeseek_tune.json")
+    console.print(
+        f"wrote {out}: {summary['trainable_entries']:,} trainable entries, "
+        f"loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}"
+    )
+
+
 organism_app = typer.Typer(
     no_args_is_help=True, help="Build model organisms: aligned, or with a planted backdoor."
 )

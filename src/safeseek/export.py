@@ -11,7 +11,6 @@ with no SafeSeek installed, and its logits equal `MaskedModel.without(circuit)`.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
-from safeseek.fileio import atomic_path
+from safeseek.fileio import write_checkpoint
 from safeseek.models.adapters import locate, unwrap
 
 
@@ -83,16 +82,10 @@ def export(
     means: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the edited model, its tokenizer and a provenance file to `out`, atomically."""
+    provenance = {
+        "removed": circuit.counts(),
+        "ablation": "mean" if means else "zero",
+        "circuit_metadata": circuit.metadata,
+    }
     edited = remove_circuit(model, circuit, means)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        edited.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        provenance = {
-            "removed": circuit.counts(),
-            "ablation": "mean" if means else "zero",
-            "circuit_metadata": circuit.metadata,
-        }
-        (tmp / "safeseek_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    return out
+    return write_checkpoint(edited, tokenizer, out, provenance, "safeseek_export.json")

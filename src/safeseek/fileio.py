@@ -37,3 +37,17 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_checkpoint(
+    model: Any, tokenizer: Any, out: str | os.PathLike[str], provenance: dict[str, Any], name: str
+) -> Path:
+    """A plain Hugging Face checkpoint (safetensors), its tokenizer and a provenance JSON file
+    `name`, written atomically: an interrupted save leaves no directory behind."""
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / name).write_text(json.dumps(provenance, indent=2) + "\n")
+    return out

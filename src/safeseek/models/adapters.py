@@ -33,6 +33,19 @@ class Family:
     n_kv_heads: str | None = "num_key_value_heads"  # None: every query head has its own K/V
     head_dim: str | None = "head_dim"  # None (or a None value): hidden // n_heads
     intermediate: str = "intermediate_size"  # a None value means 4 * hidden (GPT-2's n_inner)
+    # Projections *into* the units, with the layout of their output rows (see `ROW_LAYOUTS`):
+    # these, plus the input columns of attn_out / mlp_out, are the parameters a unit owns.
+    head_in: tuple[tuple[str, str], ...] = (
+        ("self_attn.q_proj", "q"),
+        ("self_attn.k_proj", "kv"),
+        ("self_attn.v_proj", "kv"),
+    )
+    neuron_in: tuple[tuple[str, str], ...] = (
+        ("mlp.gate_proj", "neuron"),
+        ("mlp.up_proj", "neuron"),
+    )
+    attn_block: str = "self_attn"  # a whole-block ("layer") unit owns every parameter below it
+    mlp_block: str = "mlp"
 
 
 _LLAMA_LIKE = Family(
@@ -46,12 +59,20 @@ FAMILIES: dict[str, Family] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
+    "phi3": Family(
+        backbone="model",
+        layers="layers",
+        attn_out="self_attn.o_proj",
+        mlp_out="mlp.down_proj",
+        head_in=(("self_attn.qkv_proj", "qkv"),),
+        neuron_in=(("mlp.gate_up_proj", "gate_up"),),
+    ),
     "phi": Family(
         backbone="model",
         layers="layers",
         attn_out="self_attn.dense",
         mlp_out="mlp.fc2",
+        neuron_in=(("mlp.fc1", "neuron"),),
     ),
     "gpt2": Family(
         backbone="transformer",
@@ -64,6 +85,9 @@ FAMILIES: dict[str, Family] = {
         n_kv_heads=None,
         head_dim=None,
         intermediate="n_inner",
+        head_in=(("attn.c_attn", "qkv"),),
+        neuron_in=(("mlp.c_fc", "neuron"),),
+        attn_block="attn",
     ),
     "gpt_neox": Family(
         backbone="gpt_neox",
@@ -72,8 +96,19 @@ FAMILIES: dict[str, Family] = {
         mlp_out="mlp.dense_4h_to_h",
         n_kv_heads=None,
         head_dim=None,
+        head_in=(("attention.query_key_value", "qkv_interleaved"),),
+        neuron_in=(("mlp.dense_h_to_4h", "neuron"),),
+        attn_block="attention",
     ),
 }
+
+# How the output rows of a projection into the units are laid out:
+#   q                one block of head_dim rows per query head
+#   kv               one block per key/value head, shared by n_heads / n_kv_heads query heads
+#   qkv              fused [q | k | v] (Phi-3, GPT-2's c_attn)
+#   qkv_interleaved  per head [q_h | k_h | v_h] (GPT-NeoX)
+#   neuron           one row per neuron;  gate_up: fused [gate | up] (Phi-3)
+ROW_LAYOUTS = ("q", "kv", "qkv", "qkv_interleaved", "neuron", "gate_up")
 
 GRANULARITIES = ("head", "neuron", "layer")
 LAYER_PARTS = ("attn", "mlp")

@@ -3,26 +3,22 @@ for self-distillation (which keeps an organism's clean behaviour close to the or
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import nn
 
 from safeseek.assets import cache_dir
-from safeseek.data.encode import Encoded, pad
+from safeseek.data.encode import Encoded
 from safeseek.evaluate.generation import generate
 from safeseek.fileio import write_json
-from safeseek.forward import labelled_logits
-from safeseek.models.adapters import locate
-from safeseek.models.load import fast_dtype
+from safeseek.training import fit
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -79,48 +75,10 @@ def finetune_lora(
     console: Console | None = None,
 ) -> nn.Module:
     """Train a LoRA adapter (rank `rank`, every linear layer) on `examples` and return the
-    merged plain model. bf16 autocast where the hardware computes in it natively."""
+    merged plain model."""
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
     peft_model = get_peft_model(model, config)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
-    parts = locate(peft_model)
-    device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if fast_dtype(device) == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
-        else contextlib.nullcontext()
-    )
-    order: list[int] = []
-    peft_model.train()
-    columns = (
-        TextColumn("[bold]fine-tune[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-    )
-    with Progress(*columns, console=console or Console(stderr=True)) as bar:
-        task = bar.add_task("fine-tune", total=steps, loss="-")
-        for _ in range(steps):
-            if len(order) < batch_size:
-                extra = list(range(len(examples)))
-                rng.shuffle(extra)
-                order += extra
-            idx, order = order[:batch_size], order[batch_size:]
-            batch = {k: v.to(device) for k, v in pad([examples[i] for i in idx], pad_id).items()}
-            with autocast:
-                logits, targets = labelled_logits(peft_model, parts=parts, **batch)
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            bar.update(task, advance=1, loss=f"{loss.item():.3f}")
-    merged = peft_model.merge_and_unload()
-    return merged.eval()
+    fit(peft_model, examples, pad_id, steps, lr, batch_size, seed, console=console)
+    return peft_model.merge_and_unload().eval()

@@ -1,0 +1,82 @@
+"""The one supervised fine-tuning loop (organisms and Safety Circuit Tuning share it).
+
+AdamW without weight decay (decay would move entries whose gradient is masked to zero), linear
+warm-up over the first 10 steps, gradient clipping at 1, logits only at labelled positions, and
+bf16 autocast over fp32 weights where the hardware computes in bf16 natively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Sequence
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from safeseek.data.encode import Encoded, pad
+from safeseek.forward import labelled_logits
+from safeseek.models.adapters import locate
+from safeseek.models.load import fast_dtype
+
+
+def _autocast(model: nn.Module) -> contextlib.AbstractContextManager:
+    first = next(model.parameters())
+    if fast_dtype(first.device) == torch.bfloat16 and first.dtype == torch.float32:
+        return torch.autocast(first.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit(
+    model: nn.Module,
+    examples: Sequence[Encoded],
+    pad_id: int,
+    steps: int,
+    lr: float,
+    batch_size: int = 8,
+    seed: int = 0,
+    label: str = "fine-tune",
+    console: Console | None = None,
+) -> list[float]:
+    """Train the parameters of `model` that require grad on `examples` for `steps` steps
+    (shuffled epochs, seeded); returns the loss of every step."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    parts = locate(model)
+    device = next(model.parameters()).device
+    order: list[int] = []
+    losses: list[float] = []
+    model.train()
+    columns = (
+        TextColumn(f"[bold]{label}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+    )
+    with Progress(*columns, console=console or Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=steps, loss="-")
+        for _ in range(steps):
+            if len(order) < batch_size:
+                extra = list(range(len(examples)))
+                rng.shuffle(extra)
+                order += extra
+            idx, order = order[:batch_size], order[batch_size:]
+            batch = {k: v.to(device) for k, v in pad([examples[i] for i in idx], pad_id).items()}
+            with _autocast(model):
+                logits, targets = labelled_logits(model, parts=parts, **batch)
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses

@@ -1,0 +1,190 @@
+"""Safety Circuit Tuning: fine-tune only a circuit, or everything except it.
+
+Full-parameter tuning masks gradients to the allowed entries (parameters with none allowed are
+frozen outright); with AdamW and no weight decay an entry whose gradient is always zero never
+moves, so the frozen part is bit-for-bit unchanged. LoRA tuning restricts the low-rank update
+`B @ A` the same way: a projection owned by rows (q/k/v, gate/up) trains only the allowed rows
+of `B` (which starts at zero); one owned by input columns (output and down projections) has the
+disallowed columns of `A` zeroed and kept at zero. The merged update is then exactly zero
+outside the allowed entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from rich.console import Console
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from safeseek.circuit import Circuit
+from safeseek.data.encode import Encoded
+from safeseek.errors import SafeSeekError
+from safeseek.models.adapters import family_of, in_features
+from safeseek.training import fit
+from safeseek.tuning.ownership import Owned, out_features, ownership
+
+MODES = ("circuit-only", "exclude-circuit")
+METHODS = ("full", "lora")
+DEFAULT_LR = {"full": 2e-5, "lora": 5e-4}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Settings of one tuning run; `lr=None` takes the method's default."""
+
+    mode: str
+    method: str = "full"
+    steps: int = 100
+    lr: float | None = None
+    batch_size: int = 8
+    rank: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SafeSeekError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.method not in METHODS:
+            raise SafeSeekError(f"unknown method {self.method!r}; choose {' or '.join(METHODS)}")
+        if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
+            raise SafeSeekError("steps, batch size and rank must be positive")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "lr": self.learning_rate}
+
+
+def _masked(mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda grad: grad * mask.to(grad.dtype)
+
+
+def _allowed(mask: torch.Tensor | None, mode: str, like: torch.Tensor) -> torch.Tensor:
+    """Entries that may change: the owned ones (circuit-only) or the rest."""
+    if mask is None:
+        mask = torch.zeros_like(like, dtype=torch.bool)
+    return mask if mode == "circuit-only" else ~mask
+
+
+def _freeze_full(model: nn.Module, circuit: Circuit, mode: str) -> tuple[list, int]:
+    """Set requires_grad and gradient masks for full-parameter tuning."""
+    masks = ownership(model, circuit).parameter_masks(model)
+    handles, trainable = [], 0
+    for name, p in model.named_parameters():
+        allowed = _allowed(masks.get(name), mode, p)
+        p.requires_grad_(bool(allowed.any()))
+        trainable += int(allowed.sum())
+        if p.requires_grad and not allowed.all():
+            handles.append(p.register_hook(_masked(allowed)))
+    return handles, trainable
+
+
+def _lora_restriction(owned: Owned | None, mode: str, module: nn.Module):
+    """(rows of B, columns of A) that may train in one projection; None: no LoRA there."""
+    all_rows = torch.ones(out_features(module), dtype=torch.bool)
+    all_cols = torch.ones(in_features(module), dtype=torch.bool)
+    rows = owned.rows if owned is not None else ~all_rows
+    cols = owned.cols if owned is not None else ~all_cols
+    whole = bool(rows.all() or cols.all())
+    if rows.any() and cols.any() and not whole:
+        raise SafeSeekError("a projection owned by both rows and columns cannot be LoRA-restricted")
+    if mode == "circuit-only":
+        if whole:
+            return all_rows, all_cols
+        if not (rows.any() or cols.any()):
+            return None
+        return (rows if rows.any() else all_rows), (cols if cols.any() else all_cols)
+    return None if whole else (~rows, ~cols)
+
+
+def _wrap_lora(model: nn.Module, circuit: Circuit, mode: str, rank: int, seed: int):
+    """A PEFT model whose LoRA updates can only touch the allowed entries."""
+    owned = ownership(model, circuit).modules
+    restrictions = {}
+    _, fam = family_of(model)
+    layer_prefix = f"{fam.backbone}.{fam.layers}."
+    for name, module in model.named_modules():
+        if not name.startswith(layer_prefix) or not isinstance(module, nn.Linear | Conv1D):
+            continue
+        restriction = _lora_restriction(owned.get(name), mode, module)
+        if restriction is not None:
+            restrictions[name] = restriction
+    if not restrictions:
+        raise SafeSeekError("nothing to tune: the circuit owns no projection")
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=sorted(restrictions), lora_dropout=0.0
+    )
+    peft_model = get_peft_model(model, config)
+    handles = []
+    for name, module in peft_model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer) or name not in restrictions:
+            continue
+        rows, cols = restrictions[name]
+        a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+        with torch.no_grad():
+            a[:, ~cols.to(a.device)] = 0
+            b[~rows.to(b.device)] = 0
+        handles.append(a.register_hook(_masked(cols.to(a.device)[None, :])))
+        handles.append(b.register_hook(_masked(rows.to(b.device)[:, None])))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return peft_model, handles, trainable
+
+
+def tune(
+    model: nn.Module,
+    tokenizer: Any,
+    circuit: Circuit,
+    examples: Sequence[Encoded],
+    config: TuneConfig,
+    console: Console | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune `model` on `examples` under `config.mode` around `circuit`; returns the tuned
+    plain model (LoRA merged) and a summary (trainable entries, losses)."""
+    if not examples:
+        raise SafeSeekError("no training examples")
+    if circuit.is_empty() and config.mode == "circuit-only":
+        raise SafeSeekError("circuit-only tuning needs a non-empty circuit")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    if config.method == "full":
+        handles, trainable = _freeze_full(model, circuit, config.mode)
+        target = model
+    else:
+        target, handles, trainable = _wrap_lora(
+            model, circuit, config.mode, config.rank, config.seed
+        )
+    label = f"tune ({config.mode}, {config.method})"
+    try:
+        losses = fit(
+            target,
+            examples,
+            pad_id,
+            config.steps,
+            config.learning_rate,
+            config.batch_size,
+            config.seed,
+            label=label,
+            console=console,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    tuned = target.merge_and_unload() if config.method == "lora" else target
+    for name, p in tuned.named_parameters():
+        p.requires_grad_(flags.get(name, False))
+    summary = {
+        **config.to_dict(),
+        "trainable_entries": trainable,
+        "circuit": circuit.counts(),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+    }
+    return tuned.eval(), summary
