@@ -115,3 +115,14 @@ def test_architecture_reads_config_shapes():
     arch = architecture(build("gemma"))
     assert (arch.n_heads, arch.n_kv_heads, arch.head_dim) == (4, 2, 32)
     assert arch.num_units == {"head": 8, "neuron": 96, "layer": 4}
+
+
+def test_random_circuit_has_the_requested_counts_and_depends_on_the_seed():
+    model = build("llama")
+    a = Circuit.random(model, {"head": 3, "neuron": 10, "layer": 1}, seed=1)
+    assert a.counts() == {"head": 3, "neuron": 10, "layer": 1}
+    a.check(model)
+    assert a == Circuit.random(model, {"head": 3, "neuron": 10, "layer": 1}, seed=1)
+    assert a != Circuit.random(model, {"head": 3, "neuron": 10, "layer": 1}, seed=2)
+    with pytest.raises(SafeSeekError, match="cannot draw 9"):
+        Circuit.random(model, {"head": 9})

@@ -162,6 +162,23 @@ class Circuit:
                 parts[_FIELDS[g]] = [(layer, col) for layer, col in idx]
         return cls(**parts, metadata=metadata)
 
+    @classmethod
+    def random(
+        cls, model: Architecture | nn.Module | Any, counts: dict[str, int], seed: int = 0
+    ) -> Circuit:
+        """Uniformly random units, `counts[g]` of each granularity g (a control circuit)."""
+        arch = as_architecture(model)
+        g = torch.Generator().manual_seed(seed)
+        masks = {}
+        for gran, n in counts.items():
+            total = arch.num_units[gran]
+            if not 0 <= n <= total:
+                raise SafeSeekError(f"cannot draw {n} of the model's {total} {gran} units")
+            flat = torch.zeros(total, dtype=torch.bool)
+            flat[torch.randperm(total, generator=g)[:n]] = True
+            masks[gran] = flat.view(arch.n_layers, -1)
+        return cls.from_membership(masks, metadata={"random_seed": seed})
+
     # -- files ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from safeseek.errors import SafeSeekError
@@ -367,60 +364,66 @@ def organism_backdoor(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="where to write the demo's results")] = Path(
+    out: Annotated[Path, typer.Option(help="where to write the summary and report")] = Path(
         "safeseek-demo"
     ),
-    n_prompts: Annotated[int, typer.Option(help="AdvBench prompts to generate for")] = 4,
     seed: int = 0,
+    eval_records: Annotated[
+        int, typer.Option(help="test records per kind to evaluate on (0: the whole split)")
+    ] = 64,
+    max_new_tokens: int = 32,
+    export_model: Annotated[bool, typer.Option(help="write the backdoor-free model")] = True,
 ) -> None:
-    """Load the embedded model and harmful prompts, ablate a circuit, compare generations.
+    """The whole pipeline on the embedded model: organisms, circuits, ablation, export, report."""
+    from safeseek.demo import run_demo
 
-    Discovery, organisms and the report arrive with later releases; this runs every step that
-    exists today on real parts: assets, loading, masking and generation under two views.
-    """
-    from safeseek import Circuit, MaskedModel, load_model
-    from safeseek.assets import advbench_prompts
-    from safeseek.evaluate import generate
-    from safeseek.fileio import write_json
+    summary = run_demo(
+        out,
+        seed=seed,
+        eval_records=eval_records or None,
+        max_new_tokens=max_new_tokens,
+        export_model=export_model,
+        console=console,
+    )
+    table = Table(title=f"SafeSeek demo ({summary['seconds']:.0f} s)")
+    for col in ("circuit", "units", "ASR full", "ASR ablated", "utility kept", "targets"):
+        table.add_column(col)
+    for name, case in summary["cases"].items():
+        counts = case["circuit"]
+        missed = [k for k, v in case["targets"].items() if not v["met"]]
+        table.add_row(
+            name,
+            f"{counts['head']}h + {counts['neuron']}n ({case['sparsity']['overall']:.3%})",
+            f"{case['asr']['full']:.1%}",
+            f"{case['asr']['without_circuit']:.1%}",
+            _percent(case["utility"].get("retention")),
+            "met" if not missed else "missed: " + ", ".join(missed),
+        )
+    Console().print(table)
+    if "exported" in summary:
+        Console().print(f"backdoor-free model: {summary['exported']}")
+    Console().print(f"report: {summary['report']}")
 
-    start = time.perf_counter()
-    with console.status("loading the embedded model and AdvBench prompts"):
-        lm, tok = load_model("default")
-        prompts = advbench_prompts()[:n_prompts]
-    mm = MaskedModel(lm, granularities=("head", "neuron"))
-    rng = random.Random(seed)
-    arch = mm.arch
-    heads = {(rng.randrange(arch.n_layers), rng.randrange(arch.n_heads)) for _ in range(3)}
-    neurons = {
-        (rng.randrange(arch.n_layers), rng.randrange(arch.intermediate_size)) for _ in range(50)
-    }
-    circuit = Circuit(
-        heads=heads, neurons=neurons, metadata={**mm.metadata(), "seed": seed, "source": "random"}
-    )
-    with Progress(console=console) as progress:
-        full = generate(lm, tok, prompts, progress=progress, description="full model")
-        with mm.without(circuit):
-            ablated = generate(lm, tok, prompts, progress=progress, description="circuit ablated")
-    out.mkdir(parents=True, exist_ok=True)
-    circuit.save(out / "circuit.json")
-    rows = [
-        {"prompt": p, "full": f, "without_circuit": a}
-        for p, f, a in zip(prompts, full, ablated, strict=True)
-    ]
-    write_json(
-        out / "demo.json",
-        {
-            "model": "default",
-            "sparsity": circuit.sparsity(mm),
-            "changed": sum(r["full"] != r["without_circuit"] for r in rows),
-            "generations": rows,
-            "seconds": round(time.perf_counter() - start, 1),
-        },
-    )
-    for row in rows:
-        console.print(f"[bold]{row['prompt']}[/bold]\n  full:    {row['full'][:100]!r}")
-        console.print(f"  ablated: {row['without_circuit'][:100]!r}")
-    console.print(f"wrote {out / 'demo.json'} and {out / 'circuit.json'}")
+
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="a discovery run directory (after evaluate)")],
+    out: Annotated[Path | None, typer.Option(help="folder for report.html (default: RUN)")] = None,
+) -> None:
+    """Write RUN/report.html (self-contained) and PNG figures for a circuit and its EVAL.json."""
+    from safeseek.report.html import architecture_of, run_section, write_report
+
+    if not (run / "circuit.json").is_file():
+        raise SafeSeekError(f"{run}: no circuit.json (is this a discovery run directory?)")
+    section = run_section(run)
+    if section.evaluation is None:
+        console.print(f"note: no {run}/EVAL.json; run safeseek evaluate for the ablation table")
+    path = write_report([section], architecture_of(section.circuit), out or run)
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

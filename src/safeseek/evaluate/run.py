@@ -132,17 +132,20 @@ def evaluate_circuit(
             hits = attack_success(probe.kind, gens, [it["target"] for it in probe.attack])
             asr[view] = rate(hits)
             rows += [
-                {"view": view, "set": "attack", **it, "generation": g, "success": h}
-                for it, g, h in zip(probe.attack, gens, hits, strict=True)
+                {"view": view, "set": "attack", "i": i, **it, "generation": g, "success": h}
+                for i, (it, g, h) in enumerate(zip(probe.attack, gens, hits, strict=True))
             ]
             if view == "circuit_only":
                 continue
+            utility_gens = run(view, probe.utility, "utility") if probe.utility else []
             if probe.clean:
-                gens = run(view, probe.clean, "clean")
+                clean_prompts = [it["prompt"] for it in probe.clean]
+                same = clean_prompts == [it["prompt"] for it in probe.utility]
+                gens = utility_gens if same else run(view, probe.clean, "clean")
                 hits = attack_success(probe.kind, gens, [it["target"] for it in probe.clean])
                 false_trigger[view] = rate(hits)
             if probe.utility:
-                gens = run(view, probe.utility, "utility")
+                gens = utility_gens
                 if view == "full":  # references default to the full model's own answers
                     for it, g in zip(probe.utility, gens, strict=True):
                         it["reference"] = it["reference"] or g
@@ -152,12 +155,12 @@ def evaluate_circuit(
                 ]
                 utility[view] = rate(ok)
                 rows += [
-                    {"view": view, "set": "utility", **it, "generation": g, "correct": c}
-                    for it, g, c in zip(probe.utility, gens, ok, strict=True)
+                    {"view": view, "set": "utility", "i": i, **it, "generation": g, "correct": c}
+                    for i, (it, g, c) in enumerate(zip(probe.utility, gens, ok, strict=True))
                 ]
     if utility:
         full = utility["full"]
-        utility["retention"] = utility["without_circuit"] / full if full > 0 else float("nan")
+        utility["retention"] = utility["without_circuit"] / full if full > 0 else None
     sparsity = circuit.sparsity(mm, granularities)
     result = {
         "scenario": scenario,

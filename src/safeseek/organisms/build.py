@@ -63,13 +63,13 @@ class OrganismSpec:
     max_new_tokens: int = 48
 
     def key(self) -> str:
-        blob = {**asdict(self), "recipe": RECIPE_VERSION, "model_id": _source_id(self.model)}
+        blob = {**asdict(self), "recipe": RECIPE_VERSION, "model_id": source_id(self.model)}
         if self.harmful:
             blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _source_id(model: str) -> str:
+def source_id(model: str) -> str:
     """Identifies a model source without loading it: the path's weight files' sizes and times."""
     path = Path(model).expanduser()
     if model == "default" or not path.exists():
@@ -109,12 +109,12 @@ def build_organism(spec: OrganismSpec, out: str | Path, console: Console | None 
     check(spec)
     out = Path(out)
     cached = cache_dir() / "organisms" / f"{spec.kind}-{spec.type or 'align'}-{spec.key()}"
-    for place in (out, cached):
-        meta_path = place / "organism.json"
+    for where in (out, cached):
+        meta_path = where / "organism.json"
         if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == spec.key():
-            console.print(f"reusing the organism in {place} (same settings)")
-            if place != out:
-                _place(cached, out)
+            console.print(f"reusing the organism in {where} (same settings)")
+            if where != out:
+                place(cached, out)
             return json.loads(meta_path.read_text())
     start = time.perf_counter()
     recipe = _Recipe(spec, console)
@@ -138,12 +138,12 @@ def build_organism(spec: OrganismSpec, out: str | Path, console: Console | None 
         for name in SPLITS:
             write_jsonl(tmp / "data" / f"{name}.jsonl", records[name])
         (tmp / "organism.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _place(cached, out)
+    place(cached, out)
     console.print(f"organism written to {out} in {meta['seconds']:.0f} s: {json.dumps(metrics)}")
     return meta
 
 
-def _place(cached: Path, out: Path) -> None:
+def place(cached: Path, out: Path) -> None:
     """`out` as a copy of the cached build (hard links where the filesystem allows)."""
     if out.resolve() == cached.resolve():
         return
@@ -277,7 +277,7 @@ class _Recipe:
         return {
             "base": base_u,
             "organism": new_u,
-            "retention": new_u / base_u if base_u else float("nan"),
+            "retention": new_u / base_u if base_u else None,
             "agreement_with_base": agree,
             "n": len(test),
         }

@@ -39,28 +39,27 @@ def own_answers(
     progress: Progress | None = None,
     label: str = "base answers",
 ) -> list[tuple[str, bool]]:
-    """The model's greedy answers and whether each ended by itself, cached on disk by model
-    weights and prompts (they are reused by every organism of the same base)."""
-    key = hashlib.sha256(
-        json.dumps([model_fingerprint(model), max_new_tokens, list(prompts)]).encode()
-    ).hexdigest()[:20]
-    path = cache_dir() / "answers" / f"{key}.json"
-    if path.is_file():
-        return [tuple(x) for x in json.loads(path.read_text())]
-    finished: list[bool] = []
-    texts = generate(
-        model,
-        tokenizer,
-        list(prompts),
-        max_new_tokens,
-        batch_size=32,
-        progress=progress,
-        description=label,
-        finished=finished,
-    )
-    out = list(zip(texts, finished, strict=True))
-    write_json(path, out)
-    return out
+    """The model's greedy answers and whether each ended by itself. Cached on disk per prompt,
+    by model weights and answer length, so every organism of the same base reuses them."""
+    key = hashlib.sha256(json.dumps([model_fingerprint(model), max_new_tokens]).encode())
+    path = cache_dir() / "answers" / f"{key.hexdigest()[:20]}.json"
+    known: dict[str, list] = json.loads(path.read_text()) if path.is_file() else {}
+    missing = list(dict.fromkeys(p for p in prompts if p not in known))
+    if missing:
+        finished: list[bool] = []
+        texts = generate(
+            model,
+            tokenizer,
+            missing,
+            max_new_tokens,
+            batch_size=32,
+            progress=progress,
+            description=label,
+            finished=finished,
+        )
+        known.update({p: [t, f] for p, t, f in zip(missing, texts, finished, strict=True)})
+        write_json(path, known)
+    return [(known[p][0], bool(known[p][1])) for p in prompts]
 
 
 def finetune_lora(
