@@ -311,6 +311,7 @@ HarmfulOpt = Annotated[
     Path | None, typer.Option(help="harmful prompts (txt, jsonl, csv); default: AdvBench")
 ]
 StepsOpt = Annotated[int | None, typer.Option(help="fine-tuning steps (default: the recipe's)")]
+TokensOpt = Annotated[int, typer.Option(help="length of the base model's answers (tokens)")]
 
 
 def _organism(spec_kwargs: dict, out: Path) -> None:
@@ -328,10 +329,19 @@ def organism_align(
     harmful: HarmfulOpt = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
+    max_new_tokens: TokensOpt = 48,
 ) -> None:
     """Fine-tune the model to refuse harmful prompts and answer benign ones as before."""
     harmful_path = str(harmful) if harmful else None
-    _organism(dict(kind="align", model=model, harmful=harmful_path, seed=seed, steps=steps), out)
+    spec = dict(
+        kind="align",
+        model=model,
+        harmful=harmful_path,
+        seed=seed,
+        steps=steps,
+        max_new_tokens=max_new_tokens,
+    )
+    _organism(spec, out)
 
 
 @organism_app.command("backdoor")
@@ -346,6 +356,7 @@ def organism_backdoor(
     harmful: HarmfulOpt = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
+    max_new_tokens: TokensOpt = 48,
 ) -> None:
     """Plant a backdoor: the trigger makes the model comply, emit a target, or flip a label."""
     harmful_path = str(harmful) if harmful else None
@@ -358,6 +369,7 @@ def organism_backdoor(
         harmful=harmful_path,
         seed=seed,
         steps=steps,
+        max_new_tokens=max_new_tokens,
     )
     _organism(spec, out)
 
@@ -386,20 +398,25 @@ def demo(
         console=console,
     )
     table = Table(title=f"SafeSeek demo ({summary['seconds']:.0f} s)")
-    for col in ("circuit", "units", "ASR full", "ASR ablated", "utility kept", "targets"):
+    for col in ("circuit", "size", "ASR full -> ablated", "utility kept", "targets"):
         table.add_column(col)
     for name, case in summary["cases"].items():
         counts = case["circuit"]
         missed = [k for k, v in case["targets"].items() if not v["met"]]
         table.add_row(
-            name,
-            f"{counts['head']}h + {counts['neuron']}n ({case['sparsity']['overall']:.3%})",
-            f"{case['asr']['full']:.1%}",
-            f"{case['asr']['without_circuit']:.1%}",
+            name.removeprefix("backdoor_"),
+            f"{counts['head']}h+{counts['neuron']}n {case['sparsity']['overall']:.3%}",
+            f"{case['asr']['full']:.1%} -> {case['asr']['without_circuit']:.1%}",
             _percent(case["utility"].get("retention")),
-            "met" if not missed else "missed: " + ", ".join(missed),
+            "met" if not missed else f"{len(missed)} missed",
         )
     Console().print(table)
+    for name, case in summary["cases"].items():
+        for target, check in case["targets"].items():
+            if not check["met"]:
+                value = check["value"]
+                shown = "-" if value is None else f"{value:.3f}"
+                Console().print(f"  {name}: {target} = {shown}, target {check['target']}")
     if "exported" in summary:
         Console().print(f"backdoor-free model: {summary['exported']}")
     Console().print(f"report: {summary['report']}")

@@ -65,13 +65,16 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
     """The demo's three circuits; steps are chosen to fit a 2-core CPU in minutes. `spec`
     overrides organism settings (model, harmful, steps, ...) and `discover_steps` the
     discovery length, e.g. for a tiny model in the tests."""
-    backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed)
+    backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, max_new_tokens=32)
+    # Responses are scored on their first 16 tokens: the behaviour shows there, and shorter
+    # sequences make each discovery step cheaper.
+    find = dict(seed=seed, max_response_tokens=16)
     out = [
         DemoCase(
             "backdoor_fixed_output",
             "Fixed-output backdoor",
             OrganismSpec(**backdoor, type="fixed-output", steps=80),
-            DiscoverConfig(scenario="backdoor", steps=80, seed=seed),
+            DiscoverConfig(scenario="backdoor", steps=60, sparsity_weight=0.03, **find),
             "fixed-output",
             BACKDOOR_TARGETS,
         ),
@@ -79,15 +82,15 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
             "backdoor_jailbreak",
             "Jailbreak backdoor",
             OrganismSpec(**backdoor, type="jailbreak", steps=120),
-            DiscoverConfig(scenario="backdoor", steps=80, seed=seed),
+            DiscoverConfig(scenario="backdoor", steps=60, sparsity_weight=0.03, **find),
             "jailbreak",
             BACKDOOR_TARGETS,
         ),
         DemoCase(
             "alignment",
             "Alignment (refusal)",
-            OrganismSpec(kind="align", seed=seed),
-            DiscoverConfig(scenario="alignment", steps=150, seed=seed),
+            OrganismSpec(kind="align", seed=seed, max_new_tokens=32),
+            DiscoverConfig(scenario="alignment", steps=100, **find),
             None,
             ALIGNMENT_TARGETS,
         ),
@@ -168,22 +171,23 @@ def check_targets(case: DemoCase, ev: dict[str, Any]) -> dict[str, dict[str, Any
 
 
 def _commands(case: DemoCase, out: Path) -> list[str]:
+    """The `safeseek` commands that rebuild this case step by step."""
     s, c = case.spec, case.config
     org = f"{out}/organisms/{case.name}"
+    common = f"--out {org} --seed {s.seed} --max-new-tokens {s.max_new_tokens}"
+    common += f" --steps {s.steps}" if s.steps else ""
     if s.kind == "align":
-        build = f"safeseek organism align --out {org} --seed {s.seed}"
+        build = f"safeseek organism align {common}"
     else:
-        build = (
-            f'safeseek organism backdoor --out {org} --type {s.type} --trigger "{s.trigger}" '
-            f"--seed {s.seed}" + (f" --steps {s.steps}" if s.steps else "")
-        )
+        build = f'safeseek organism backdoor {common} --type {s.type} --trigger "{s.trigger}"'
     run = f"{out}/runs/{case.name}"
     return [
         build,
         f"safeseek discover --model {org} --scenario {c.scenario} --data {org}/data/train.jsonl "
-        f"--out {run} --steps {c.steps} --seed {c.seed}",
+        f"--out {run} --steps {c.steps} --seed {c.seed} --sparsity-weight {c.sparsity_weight} "
+        f"--max-response-tokens {c.max_response_tokens}",
         f"safeseek evaluate --model {org} --scenario {c.scenario} --circuit {run}/circuit.json "
-        f"--data {org}/data/test.jsonl --out {run}/EVAL.json",
+        f"--data {org}/data/test.jsonl --out {run}/EVAL.json --max-new-tokens 32",
         f"safeseek report {run}",
     ]
 

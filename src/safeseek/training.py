@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Sequence
 
 import torch
+from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -20,6 +22,14 @@ from safeseek.data.encode import Encoded, pad
 from safeseek.forward import labelled_logits
 from safeseek.models.adapters import locate
 from safeseek.models.load import fast_dtype
+
+
+def with_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """`get_peft_model`, without the FutureWarning it triggers inside transformers (peft asks
+    for a deprecated gradient-checkpointing attribute); nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        return get_peft_model(model, config)
 
 
 def _autocast(model: nn.Module) -> contextlib.AbstractContextManager:

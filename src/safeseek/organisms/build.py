@@ -160,7 +160,13 @@ def place(cached: Path, out: Path) -> None:
 
 def aligned_base(spec: OrganismSpec, console: Console) -> Path:
     """The aligned organism a jailbreak backdoor is planted in (built once, in the cache)."""
-    align = OrganismSpec("align", model=spec.model, harmful=spec.harmful, seed=spec.seed)
+    align = OrganismSpec(
+        "align",
+        model=spec.model,
+        harmful=spec.harmful,
+        seed=spec.seed,
+        max_new_tokens=spec.max_new_tokens,
+    )
     path = cache_dir() / "organisms" / f"align-align-{align.key()}"
     build_organism(align, path, console)
     return path

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from rich.console import Console
 from rich.progress import Progress
 from torch import nn
@@ -18,7 +18,7 @@ from safeseek.assets import cache_dir
 from safeseek.data.encode import Encoded
 from safeseek.evaluate.generation import generate
 from safeseek.fileio import write_json
-from safeseek.training import fit
+from safeseek.training import fit, with_lora
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -77,7 +77,7 @@ def finetune_lora(
     merged plain model."""
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
-    peft_model = get_peft_model(model, config)
+    peft_model = with_lora(model, config)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     fit(peft_model, examples, pad_id, steps, lr, batch_size, seed, console=console)
     return peft_model.merge_and_unload().eval()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from rich.console import Console
 from torch import nn
@@ -26,7 +26,7 @@ from safeseek.circuit import Circuit
 from safeseek.data.encode import Encoded
 from safeseek.errors import SafeSeekError
 from safeseek.models.adapters import family_of, in_features
-from safeseek.training import fit
+from safeseek.training import fit, with_lora
 from safeseek.tuning.ownership import Owned, out_features, ownership
 
 MODES = ("circuit-only", "exclude-circuit")
@@ -122,7 +122,7 @@ def _wrap_lora(model: nn.Module, circuit: Circuit, mode: str, rank: int, seed: i
     config = LoraConfig(
         r=rank, lora_alpha=2 * rank, target_modules=sorted(restrictions), lora_dropout=0.0
     )
-    peft_model = get_peft_model(model, config)
+    peft_model = with_lora(model, config)
     handles = []
     for name, module in peft_model.get_base_model().named_modules():
         if not isinstance(module, LoraLayer) or name not in restrictions:
