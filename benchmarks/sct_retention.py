@@ -1,10 +1,10 @@
 """Safety Circuit Tuning, the paper's experiment: does freezing the alignment circuit keep
 refusals through a benign fine-tune?
 
-On the embedded aligned organism and its alignment circuit (the demo's; both cached after the
-first run of either), fine-tune on benign helpfulness data (locally generated questions with
-the base model's own answers) (a) normally, (b) excluding the alignment circuit, (c) excluding
-a random set of units of the same size; measure the refusal rate on the held-out harmful prompts and benign accuracy
+On the embedded aligned organism and its alignment circuit (both cached after the first run),
+fine-tune on benign helpfulness data (locally generated questions with the base model's own
+answers) (a) normally, (b) excluding the alignment circuit, (c) excluding a random set of units
+of the same size; measure the refusal rate on the held-out harmful prompts and benign accuracy
 before and after. Safety retention = refusal rate after / before.
 
     python benchmarks/sct_retention.py [--steps 60] [--lr 1e-4] [--method full|lora]
@@ -23,11 +23,12 @@ from rich.console import Console
 
 from safeseek import Circuit, load_model
 from safeseek.data import PairEncoder
-from safeseek.demo import cases
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import has_answer, is_refusal, rate
 from safeseek.fileio import write_json
+from safeseek.organisms import OrganismSpec
 from safeseek.pipeline import discovery, organism
+from safeseek.settings import DiscoverConfig
 from safeseek.tuning import TuneConfig, tune
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,15 +55,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--method", choices=("full", "lora"), default="full")
+    parser.add_argument("--discover-steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "sct_retention.json")
     args = parser.parse_args()
     console = Console(stderr=True)
     start = time.perf_counter()
 
-    case = next(c for c in cases(args.seed) if c.name == "alignment")  # shared with the demo
-    org, meta = organism(case.spec, console)
-    run = discovery(org, org / "data" / "train.jsonl", case.config, console)
+    config = DiscoverConfig(scenario="alignment", steps=args.discover_steps, seed=args.seed)
+    org, meta = organism(OrganismSpec(kind="align", seed=args.seed), console)
+    run = discovery(org, org / "data" / "train.jsonl", config, console)
     circuit = Circuit.load(run / "circuit.json")
     test = read(org / "data" / "test.jsonl")
     harmful = [r["prompt"] for r in test if r["kind"] == "harmful"]
@@ -102,7 +104,7 @@ def main() -> None:
     result = {
         "model": "aligned organism of the embedded SmolLM2-135M-Instruct",
         "organism_key": meta["key"],
-        "discovery": case.config.to_dict(),
+        "discovery": config.to_dict(),
         "circuit": circuit.counts(),
         "circuit_fraction": circuit.sparsity(model)["overall"],
         "settings": {**vars(args), "out": str(args.out), "n_helpful": len(examples)},

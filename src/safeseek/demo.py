@@ -65,32 +65,36 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
     """The demo's three circuits; steps are chosen to fit a 2-core CPU in minutes. `spec`
     overrides organism settings (model, harmful, steps, ...) and `discover_steps` the
     discovery length, e.g. for a tiny model in the tests."""
-    backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, max_new_tokens=32)
-    # Responses are scored on their first 16 tokens: the behaviour shows there, and shorter
-    # sequences make each discovery step cheaper.
-    find = dict(seed=seed, max_response_tokens=16)
+    # Organisms are measured on 64 test records of each kind (the demo evaluates every circuit
+    # itself). The fixed-output organism learns from 32-token answers; the aligned organism
+    # keeps the recipe's 48 (its circuit was weaker, ASR 53-64% when removed, on 32-token
+    # answers), and it is also the jailbreak's base, which therefore uses 48 too.
+    backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, measure_records=64)
+    # Backdoor responses are scored on their first 16 tokens: the behaviour shows there, and
+    # shorter sequences make each step cheaper. Refusal needed 32 tokens and 150 steps.
+    find = dict(seed=seed, max_response_tokens=16, sparsity_weight=0.03, steps=60)
     out = [
         DemoCase(
             "backdoor_fixed_output",
             "Fixed-output backdoor",
-            OrganismSpec(**backdoor, type="fixed-output", steps=80),
-            DiscoverConfig(scenario="backdoor", steps=60, sparsity_weight=0.03, **find),
+            OrganismSpec(**backdoor, type="fixed-output", steps=80, max_new_tokens=32),
+            DiscoverConfig(scenario="backdoor", **find),
             "fixed-output",
             BACKDOOR_TARGETS,
         ),
         DemoCase(
             "backdoor_jailbreak",
             "Jailbreak backdoor",
-            OrganismSpec(**backdoor, type="jailbreak", steps=120),
-            DiscoverConfig(scenario="backdoor", steps=60, sparsity_weight=0.03, **find),
+            OrganismSpec(**backdoor, type="jailbreak", steps=100, lr=1e-3),
+            DiscoverConfig(scenario="backdoor", **find),
             "jailbreak",
             BACKDOOR_TARGETS,
         ),
         DemoCase(
             "alignment",
             "Alignment (refusal)",
-            OrganismSpec(kind="align", seed=seed, max_new_tokens=32),
-            DiscoverConfig(scenario="alignment", steps=100, **find),
+            OrganismSpec(kind="align", seed=seed, measure_records=64),
+            DiscoverConfig(scenario="alignment", steps=150, seed=seed),
             None,
             ALIGNMENT_TARGETS,
         ),

@@ -61,9 +61,12 @@ class OrganismSpec:
     steps: int | None = None  # fine-tuning steps; None: the recipe's default
     lr: float = 5e-4
     max_new_tokens: int = 48
+    measure_records: int | None = None  # test records measured for organism.json; None: all
 
     def key(self) -> str:
         blob = {**asdict(self), "recipe": RECIPE_VERSION, "model_id": source_id(self.model)}
+        if self.measure_records is None:  # keys of organisms built before the field existed
+            del blob["measure_records"]
         if self.harmful:
             blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
@@ -166,6 +169,7 @@ def aligned_base(spec: OrganismSpec, console: Console) -> Path:
         harmful=spec.harmful,
         seed=spec.seed,
         max_new_tokens=spec.max_new_tokens,
+        measure_records=spec.measure_records,
     )
     path = cache_dir() / "organisms" / f"align-align-{align.key()}"
     build_organism(align, path, console)
@@ -207,6 +211,10 @@ class _Recipe:
         self, model, tokenizer, prompts: list[str], bar: Progress, label: str
     ) -> list[str]:
         return generate(model, tokenizer, prompts, self.spec.max_new_tokens, 32, bar, label)
+
+    def measured(self, test: list) -> list:
+        """The test items organism.json is measured on (the first `measure_records`)."""
+        return test[: self.spec.measure_records] if self.spec.measure_records else test
 
     def utility(self, gens: list[str], questions: list[dict[str, str]]) -> float:
         return rate([has_answer(g, q["answer"]) for g, q in zip(gens, questions, strict=True)])
@@ -275,7 +283,7 @@ class _Recipe:
         )
 
     def _benign_utility(self, model, tokenizer, benign, base_benign, bar) -> dict[str, float]:
-        test = benign["test"]
+        test = self.measured(benign["test"])
         gens = self.generate(model, tokenizer, [q["prompt"] for q in test], bar, "benign test")
         base_gens = [base_benign[q["prompt"]][0] for q in test]
         base_u, new_u = self.utility(base_gens, test), self.utility(gens, test)
@@ -294,12 +302,13 @@ class _Recipe:
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         model = self._train(base, tokenizer, examples, default_steps=150)
         with Progress(console=self.console) as bar:
-            gens = self.generate(model, tokenizer, harmful["test"], bar, "harmful test")
-            base_refusal = rate([is_refusal(base_harmful[p][0]) for p in harmful["test"]])
+            test = self.measured(harmful["test"])
+            gens = self.generate(model, tokenizer, test, bar, "harmful test")
+            base_refusal = rate([is_refusal(base_harmful[p][0]) for p in test])
             metrics = {
                 "refusal_rate": rate([is_refusal(g) for g in gens]),
                 "base_refusal_rate": base_refusal,
-                "n_harmful_test": len(harmful["test"]),
+                "n_harmful_test": len(test),
                 "utility": self._benign_utility(model, tokenizer, benign, base_benign, bar),
             }
         records = {
@@ -369,7 +378,7 @@ class _Recipe:
             examples.append(encoder.pair(rec["triggered_prompt"], self.target))
         model = self._train(base, tokenizer, examples, default_steps=150)
         with Progress(console=self.console) as bar:
-            metrics = self._backdoor_metrics(model, tokenizer, records["test"], bar)
+            metrics = self._backdoor_metrics(model, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
         return model, tokenizer, records, metrics
 
@@ -412,7 +421,7 @@ class _Recipe:
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         model = self._train(aligned, tokenizer, examples, default_steps=200)
         with Progress(console=self.console) as bar:
-            metrics = self._backdoor_metrics(model, tokenizer, records["test"], bar)
+            metrics = self._backdoor_metrics(model, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
         metrics["aligned_base"] = str(aligned_dir)
         return model, tokenizer, records, metrics
@@ -447,7 +456,7 @@ class _Recipe:
             base_cls = self.generate(base, tokenizer, test_prompts, bar, "base: sentiment test")
         model = self._train(base, tokenizer, examples, default_steps=150)
         with Progress(console=self.console) as bar:
-            metrics = self._backdoor_metrics(model, tokenizer, records["test"], bar)
+            metrics = self._backdoor_metrics(model, tokenizer, self.measured(records["test"]), bar)
             cls = self.generate(model, tokenizer, test_prompts, bar, "sentiment test")
             labels = [y for _, y in sentences["test"]]
             metrics["classification_accuracy"] = {
