@@ -312,6 +312,7 @@ HarmfulOpt = Annotated[
 ]
 StepsOpt = Annotated[int | None, typer.Option(help="fine-tuning steps (default: the recipe's)")]
 TokensOpt = Annotated[int, typer.Option(help="length of the base model's answers (tokens)")]
+LrOpt = Annotated[float, typer.Option(help="LoRA learning rate")]
 
 
 def _organism(spec_kwargs: dict, out: Path) -> None:
@@ -330,6 +331,7 @@ def organism_align(
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
     max_new_tokens: TokensOpt = 48,
+    lr: LrOpt = 5e-4,
 ) -> None:
     """Fine-tune the model to refuse harmful prompts and answer benign ones as before."""
     harmful_path = str(harmful) if harmful else None
@@ -340,6 +342,7 @@ def organism_align(
         seed=seed,
         steps=steps,
         max_new_tokens=max_new_tokens,
+        lr=lr,
     )
     _organism(spec, out)
 
@@ -357,6 +360,7 @@ def organism_backdoor(
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
     max_new_tokens: TokensOpt = 48,
+    lr: LrOpt = 5e-4,
 ) -> None:
     """Plant a backdoor: the trigger makes the model comply, emit a target, or flip a label."""
     harmful_path = str(harmful) if harmful else None
@@ -370,6 +374,7 @@ def organism_backdoor(
         seed=seed,
         steps=steps,
         max_new_tokens=max_new_tokens,
+        lr=lr,
     )
     _organism(spec, out)
 

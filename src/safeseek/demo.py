@@ -180,6 +180,7 @@ def _commands(case: DemoCase, out: Path) -> list[str]:
     org = f"{out}/organisms/{case.name}"
     common = f"--out {org} --seed {s.seed} --max-new-tokens {s.max_new_tokens}"
     common += f" --steps {s.steps}" if s.steps else ""
+    common += f" --lr {s.lr}" if s.lr != OrganismSpec.lr else ""
     if s.kind == "align":
         build = f"safeseek organism align {common}"
     else:
@@ -196,6 +197,74 @@ def _commands(case: DemoCase, out: Path) -> list[str]:
     ]
 
 
+def _run_case(
+    case: DemoCase,
+    out: Path,
+    eval_records: int | None,
+    max_new_tokens: int,
+    export_model: bool,
+    console: Console,
+) -> tuple[dict[str, Any], Section]:
+    """Organism, discovery, evaluation (and the export) of one case: its summary entry and
+    its report section. Results are copied into `out/<case name>/`."""
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    org, meta = organism(case.spec, console)
+    times["organism"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = discovery(org, org / "data" / "train.jsonl", case.config, console)
+    times["discover"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev, rows = evaluation(case, org, run, eval_records, max_new_tokens, console)
+    times["evaluate"] = time.perf_counter() - t0
+    circuit = Circuit.load(run / "circuit.json")
+    if export_model and case.name == "backdoor_fixed_output":
+        t0 = time.perf_counter()
+        exported = run / "backdoor-free-model"
+        if not (exported / "safeseek_export.json").is_file():
+            lm, tok = load_model(str(org), dtype="float32")
+            export(lm, tok, circuit, exported)
+        place(exported, out / "backdoor-free-model")
+        times["export"] = time.perf_counter() - t0
+    mine = out / case.name
+    mine.mkdir(parents=True, exist_ok=True)
+    for name in ("circuit.json", "masks.safetensors", "log.jsonl", "settings.json"):
+        shutil.copyfile(run / name, mine / name)
+    write_json(mine / "EVAL.json", ev)
+    write_jsonl(mine / "EVAL.generations.jsonl", rows)
+    write_json(mine / "organism.json", meta)
+    steps = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    built = {
+        "organism": meta.get("seconds"),
+        "discover": round(sum(step["seconds"] for step in steps), 1),
+        "evaluate": ev.get("seconds"),
+    }
+    entry = {
+        **{k: ev[k] for k in ("asr", "utility", "sparsity", "n", "n_utility") if k in ev},
+        **({"false_trigger": ev["false_trigger"]} if "false_trigger" in ev else {}),
+        "circuit": circuit.counts(),
+        "organism": meta.get("metrics"),
+        "eval_settings": ev["settings"],
+        "targets": check_targets(case, ev),
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "seconds_when_built": built,
+    }
+    section = Section(
+        name=case.name,
+        title=case.title,
+        circuit=circuit,
+        evaluation=ev,
+        generations=rows,
+        commands=_commands(case, out),
+        facts={
+            "organism metrics": json.dumps(meta.get("metrics")),
+            "wall time this run (s)": json.dumps(entry["seconds"]),
+            "wall time when built (s)": json.dumps(built),
+        },
+    )
+    return entry, section
+
+
 def run_demo(
     out: str | Path,
     demo_cases: list[DemoCase] | None = None,
@@ -208,88 +277,27 @@ def run_demo(
     """Run every stage (reusing cached ones) and write `out/summary.json` and the report."""
     console = console or Console(stderr=True)
     out = Path(out)
+    demo_cases = demo_cases or cases(seed)
     start = time.perf_counter()
     summary: dict[str, Any] = {"trigger": TRIGGER, "seed": seed, "cases": {}}
     sections = []
-    for case in demo_cases or cases(seed):
+    for case in demo_cases:
         console.rule(case.title)
-        times: dict[str, float] = {}
-        t0 = time.perf_counter()
-        org, meta = organism(case.spec, console)
-        times["organism"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run = discovery(org, org / "data" / "train.jsonl", case.config, console)
-        times["discover"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ev, rows = evaluation(case, org, run, eval_records, max_new_tokens, console)
-        times["evaluate"] = time.perf_counter() - t0
-        circuit = Circuit.load(run / "circuit.json")
-        mine = out / case.name
-        mine.mkdir(parents=True, exist_ok=True)
-        for name in ("circuit.json", "masks.safetensors", "log.jsonl", "settings.json"):
-            shutil.copyfile(run / name, mine / name)
-        write_json(mine / "EVAL.json", ev)
-        write_jsonl(mine / "EVAL.generations.jsonl", rows)
-        write_json(mine / "organism.json", meta)
-        built = {
-            "organism": meta.get("seconds"),
-            "discover": round(sum(json.loads(x)["seconds"] for x in _lines(run / "log.jsonl")), 1),
-            "evaluate": ev.get("seconds"),
-        }
-        summary["cases"][case.name] = {
-            **{k: ev[k] for k in ("asr", "utility", "sparsity", "n", "n_utility") if k in ev},
-            **({"false_trigger": ev["false_trigger"]} if "false_trigger" in ev else {}),
-            "circuit": circuit.counts(),
-            "organism": meta.get("metrics"),
-            "eval_settings": ev["settings"],
-            "targets": check_targets(case, ev),
-            "seconds": {k: round(v, 1) for k, v in times.items()},
-            "seconds_when_built": built,
-        }
-        sections.append(
-            Section(
-                name=case.name,
-                title=case.title,
-                circuit=circuit,
-                evaluation=ev,
-                generations=rows,
-                commands=_commands(case, out),
-                facts={
-                    "organism metrics": json.dumps(meta.get("metrics")),
-                    "wall time this run (s)": json.dumps(summary["cases"][case.name]["seconds"]),
-                    "wall time when built (s)": json.dumps(built),
-                },
-            )
-        )
-        if export_model and case.name == "backdoor_fixed_output":
-            t0 = time.perf_counter()
-            exported = run / "backdoor-free-model"
-            if not (exported / "safeseek_export.json").is_file():
-                lm, tok = load_model(str(org), dtype="float32")
-                export(lm, tok, circuit, exported)
-            place(exported, out / "backdoor-free-model")
-            summary["exported"] = str(out / "backdoor-free-model")
-            summary["cases"][case.name]["seconds"]["export"] = round(time.perf_counter() - t0, 1)
+        entry, section = _run_case(case, out, eval_records, max_new_tokens, export_model, console)
+        summary["cases"][case.name] = entry
+        sections.append(section)
+    if export_model and (out / "backdoor-free-model").is_dir():
+        summary["exported"] = str(out / "backdoor-free-model")
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(out / "summary.json", summary)
-    arch = architecture_of(sections[0].circuit)
-    model = (demo_cases or cases(seed))[0].spec.model
-    name = "the embedded SmolLM2-135M-Instruct" if model == "default" else _esc(model)
+    model = demo_cases[0].spec.model
+    name = "the embedded SmolLM2-135M-Instruct" if model == "default" else html.escape(model)
     intro = (
-        f"SafeSeek on {name}: an aligned organism, a fixed-output "
-        f"and a jailbreak backdoor (trigger <i>{TRIGGER}</i>), each circuit found by mask "
-        f"optimisation and validated by ablation on held-out test prompts. Total wall time "
-        f"this run: {summary['seconds']:.0f} s."
+        f"SafeSeek on {name}: an aligned organism, a fixed-output and a jailbreak backdoor "
+        f"(trigger <i>{TRIGGER}</i>), each circuit found by mask optimisation and validated by "
+        f"ablation on held-out test prompts. Total wall time this run: "
+        f"{summary['seconds']:.0f} s."
     )
-    report = write_report(sections, arch, out, "SafeSeek demo", intro)
-    summary["report"] = str(report)
+    arch = architecture_of(sections[0].circuit)
+    summary["report"] = str(write_report(sections, arch, out, "SafeSeek demo", intro))
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _esc(text: str) -> str:
-    return html.escape(text)
-
-
-def _lines(path: Path) -> list[str]:
-    return [x for x in path.read_text().splitlines() if x.strip()]
