@@ -86,7 +86,8 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
             "backdoor_jailbreak",
             "Jailbreak backdoor",
             OrganismSpec(**backdoor, type="jailbreak", steps=100, lr=1e-3),
-            DiscoverConfig(scenario="backdoor", **find),
+            # This stronger backdoor kept 15.6% ASR at 0.03; 0.01 took refusal units with it.
+            DiscoverConfig(scenario="backdoor", **{**find, "sparsity_weight": 0.02}),
             "jailbreak",
             BACKDOOR_TARGETS,
         ),
