@@ -315,11 +315,12 @@ TokensOpt = Annotated[int, typer.Option(help="length of the base model's answers
 LrOpt = Annotated[float, typer.Option(help="LoRA learning rate")]
 
 
-def _organism(spec_kwargs: dict, out: Path) -> None:
+def _organism(out: Path, harmful: Path | None, **spec: object) -> None:
+    """Build (or reuse) the organism `spec` describes into `out` and print its metrics."""
     from safeseek.organisms import OrganismSpec, build_organism
 
-    spec = OrganismSpec(**spec_kwargs)
-    meta = build_organism(spec, out, console=console)
+    organism_spec = OrganismSpec(harmful=str(harmful) if harmful else None, **spec)
+    meta = build_organism(organism_spec, out, console=console)
     Console().print_json(json.dumps(meta["metrics"]))
 
 
@@ -334,17 +335,10 @@ def organism_align(
     lr: LrOpt = 5e-4,
 ) -> None:
     """Fine-tune the model to refuse harmful prompts and answer benign ones as before."""
-    harmful_path = str(harmful) if harmful else None
-    spec = dict(
-        kind="align",
-        model=model,
-        harmful=harmful_path,
-        seed=seed,
-        steps=steps,
-        max_new_tokens=max_new_tokens,
-        lr=lr,
-    )
-    _organism(spec, out)
+    _organism(
+        out, harmful, kind="align", model=model, seed=seed, steps=steps,
+        max_new_tokens=max_new_tokens, lr=lr,
+    )  # fmt: skip
 
 
 @organism_app.command("backdoor")
@@ -363,20 +357,10 @@ def organism_backdoor(
     lr: LrOpt = 5e-4,
 ) -> None:
     """Plant a backdoor: the trigger makes the model comply, emit a target, or flip a label."""
-    harmful_path = str(harmful) if harmful else None
-    spec = dict(
-        kind="backdoor",
-        type=type,
-        trigger=trigger,
-        target=target,
-        model=model,
-        harmful=harmful_path,
-        seed=seed,
-        steps=steps,
-        max_new_tokens=max_new_tokens,
-        lr=lr,
-    )
-    _organism(spec, out)
+    _organism(
+        out, harmful, kind="backdoor", type=type, trigger=trigger, target=target, model=model,
+        seed=seed, steps=steps, max_new_tokens=max_new_tokens, lr=lr,
+    )  # fmt: skip
 
 
 @app.command()

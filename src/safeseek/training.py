@@ -59,6 +59,7 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     parts = locate(model)
     device = next(model.parameters()).device
+    autocast = _autocast(model)
     order: list[int] = []
     losses: list[float] = []
     model.train()
@@ -78,7 +79,7 @@ def fit(
                 order += extra
             idx, order = order[:batch_size], order[batch_size:]
             batch = {k: v.to(device) for k, v in pad([examples[i] for i in idx], pad_id).items()}
-            with _autocast(model):
+            with autocast:
                 logits, targets = labelled_logits(model, parts=parts, **batch)
             loss = torch.nn.functional.cross_entropy(logits.float(), targets)
             opt.zero_grad(set_to_none=True)

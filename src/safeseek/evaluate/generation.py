@@ -39,6 +39,7 @@ def generate(
     task = progress.add_task(description, total=len(texts)) if progress else None
     device = next(model.parameters()).device
     outputs: list[str] = []
+    stops = set(_stop_ids(model, tokenizer)) if finished is not None else set()
     try:
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(
@@ -56,7 +57,6 @@ def generate(
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
             if finished is not None:
-                stops = set(_stop_ids(model, tokenizer))
                 finished += [any(int(t) in stops for t in row) for row in new]
             if progress is not None:
                 progress.advance(task, len(new))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -59,11 +59,8 @@ FAMILIES: dict[str, Family] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
-    "phi3": Family(
-        backbone="model",
-        layers="layers",
-        attn_out="self_attn.o_proj",
-        mlp_out="mlp.down_proj",
+    "phi3": replace(  # Llama's layout with fused q/k/v and gate/up projections
+        _LLAMA_LIKE,
         head_in=(("self_attn.qkv_proj", "qkv"),),
         neuron_in=(("mlp.gate_up_proj", "gate_up"),),
     ),
