@@ -67,11 +67,14 @@ def _parse_weights(text: str | None) -> dict[str, float]:
 
 
 def _load_for(model: str, dtype: str, adapter: Path | None):
+    from safeseek.distributed import load_device
     from safeseek.models import load_model
     from safeseek.models.load import fast_dtype
 
+    device = load_device()  # this process's own device when launched several times
     with console.status(f"loading {model}"):
-        return load_model(model, dtype=fast_dtype() if dtype == "auto" else dtype, adapter=adapter)
+        dtype = fast_dtype(device) if dtype == "auto" else dtype
+        return load_model(model, dtype=dtype, adapter=adapter, device=device)
 
 
 Scenario = Annotated[str, typer.Option(help="backdoor, alignment or custom")]
@@ -121,8 +124,14 @@ def discover(
         "auto"
     ),
     adapter: AdapterOpt = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="recompute layers in backward: less memory, ~1/3 more time")
+    ] = False,
 ) -> None:
-    """Find the circuit that carries a behaviour; writes OUT/circuit.json, masks, log."""
+    """Find the circuit that carries a behaviour; writes OUT/circuit.json, masks, log.
+
+    Several processes: `accelerate launch --config_file CONFIG -m safeseek discover ...`
+    (configs in examples/accelerate: data parallel, or FSDP-sharded weights)."""
     from safeseek.data import data_hash, load_records
     from safeseek.discover import Discovery
 
@@ -147,8 +156,18 @@ def discover(
         weights=term_weights,
     )
     lm, tok = _load_for(model, dtype, adapter)
-    run = Discovery(lm, tok, records, config, out=out, data_hash=data_hash(data))
+    run = Discovery(
+        lm,
+        tok,
+        records,
+        config,
+        out=out,
+        data_hash=data_hash(data),
+        gradient_checkpointing=gradient_checkpointing,
+    )
     result = run.run(resume=resume, checkpoint_every=checkpoint_every, console=console)
+    if not run.accelerator.is_main_process:
+        return
     c = result.circuit
     frac = c.sparsity(run.mm)["overall"]
     console.print(f"circuit: {c!r} = {frac:.3%} of units, {result.seconds:.0f} s; wrote {out}/")
@@ -176,12 +195,10 @@ def evaluate(
     from safeseek.data import load_records, write_jsonl
     from safeseek.evaluate.run import evaluate_circuit
     from safeseek.fileio import write_json
-    from safeseek.models import load_model
 
     records = load_records(data, scenario)
     c = Circuit.load(circuit)
-    with console.status(f"loading {model}"):
-        lm, tok = load_model(model, dtype=dtype, adapter=adapter)
+    lm, tok = _load_for(model, dtype, adapter)
     c.check(lm)
     result, rows = evaluate_circuit(
         lm,
@@ -267,8 +284,8 @@ def tune(
     from safeseek import Circuit
     from safeseek.data import load_records
     from safeseek.data.encode import PairEncoder
+    from safeseek.distributed import is_main
     from safeseek.fileio import write_checkpoint
-    from safeseek.models import load_model
     from safeseek.tuning import TuneConfig
     from safeseek.tuning import tune as run_tune
 
@@ -283,8 +300,7 @@ def tune(
     )
     records = load_records(data, "custom")
     c = Circuit.load(circuit)
-    with console.status(f"loading {model}"):
-        lm, tok = load_model(model, dtype=dtype, adapter=adapter)
+    lm, tok = _load_for(model, dtype, adapter)
     c.check(lm)
     encoder = PairEncoder(tok, max_length, max_response_tokens or None)
     examples = []
@@ -294,6 +310,8 @@ def tune(
             raise SafeSeekError(f"{r['_where']}: a tuning record needs a 'target'")
         examples.append(encoder.pair(r["prompt"], target, r["_where"]))
     tuned, summary = run_tune(lm, tok, c, examples, config, console=console)
+    if not is_main():
+        return
     summary.update({"model": model, "circuit_file": str(circuit), "data": str(data)})
     write_checkpoint(tuned, tok, out, summary, "safeseek_tune.json")
     console.print(

@@ -31,10 +31,18 @@ from torch import nn
 
 from safeseek.circuit import Circuit
 from safeseek.data.encode import Encoded, PairEncoder, pad
+from safeseek.distributed import (
+    fsdp_requested,
+    rank_and_world,
+    shard_weights,
+    sum_gradients,
+    sum_over_processes,
+)
 from safeseek.errors import SafeSeekError
 from safeseek.fileio import atomic_path, write_json
 from safeseek.forward import IGNORE, labelled_logits
 from safeseek.masking import MaskedModel
+from safeseek.memory import MemoryEstimate, enable_checkpointing, estimate
 from safeseek.objectives import Objective, Term, objective, term_loss
 from safeseek.settings import DiscoverConfig
 
@@ -102,13 +110,19 @@ class Discovery:
         out: str | Path | None = None,
         data_hash: str | None = None,
         progress: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> None:
         self.config = config
         self.model, self.tokenizer = model, tokenizer
         self.out = Path(out) if out is not None else None
         self.data_hash = data_hash
         self.show_progress = progress
-        self.accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
+        sharded = fsdp_requested() and rank_and_world()[1] > 1
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.accelerator = Accelerator(cpu=on_cpu and not sharded)
+        if sharded:
+            shard_weights(model)
+        self.sharded = sharded
         self.objective: Objective = objective(config.scenario, config.weights)
         if not self.objective.active:
             raise SafeSeekError("every objective term has weight 0: nothing to optimise")
@@ -135,6 +149,17 @@ class Discovery:
         self.lagrangian = torch.optim.Adam(self.sparsity.parameters(), lr=config.lagrangian_lr)
         self.batcher = _Batcher(len(self.examples), config.batch_size, config.seed)
         self.step = 0
+        self.checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            enable_checkpointing(model)
+
+    def memory_estimate(self) -> MemoryEstimate:
+        """Peak memory of this run's largest step, per process (see `safeseek.memory`)."""
+        views = [[t for t in self.terms if t.view == v] for v in ("without", "only")]
+        rows = max(len(ts) for ts in views) * self.batcher.batch_size
+        tokens = max(len(e.input_ids) for ex in self.examples for e in ex.values())
+        labelled = max(e.scored for ex in self.examples for e in ex.values())
+        return estimate(self.mm, rows, tokens, rows * labelled, self.checkpointing)
 
     # -- data ----------------------------------------------------------------------------
     def _reference_batches(self) -> list[dict[str, torch.Tensor]]:
@@ -150,23 +175,34 @@ class Discovery:
 
     # -- one step ------------------------------------------------------------------------
     def _view_losses(
-        self, view: str, examples: list[dict[str, Encoded]]
+        self, view: str, examples: list[dict[str, Encoded]], backward: bool = False
     ) -> dict[str, torch.Tensor]:
         """Every active term of `view` that this batch feeds, in one forward pass (plus one
-        pass without masks for the KL terms' reference distribution)."""
-        spans: list[tuple[Term, int]] = []  # rows are grouped by term, in this order
-        rows: list[Encoded] = []
+        pass without masks for the KL terms' reference distribution); with `backward`, their
+        weighted sum is back-propagated while the view is still on, so layers recomputed by
+        gradient checkpointing see the same masks.
+
+        Over several processes each takes every n-th row of each term, and a term's loss is
+        its sum over this process's labelled positions divided by the count over the whole
+        batch: the gradients summed over processes are those of one process on the batch.
+        """
+        rank, world = rank_and_world()
+        spans: list[tuple[Term, int, int]] = []  # (term, rows here, labelled in the batch)
+        rows: list[Encoded] = []  # grouped by term, in this order
         for t in self.terms:
             mine = [ex[t.name] for ex in examples if t.name in ex] if t.view == view else []
             if mine:
-                spans.append((t, len(mine)))
-                rows += mine
+                # A process without rows of a term still joins every forward pass (FSDP
+                # gathers weights collectively) with a copy that has no labels.
+                local = mine[rank::world] or [mine[0].unscored()]
+                spans.append((t, len(local), sum(e.scored for e in mine)))
+                rows += local
         if not rows:
             return {}
         device = self.accelerator.device
         batch = {k: v.to(device) for k, v in pad(rows, self.pad_id).items()}
         positions = (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()
-        row_terms = [t for t, n_rows in spans for _ in range(n_rows)]
+        row_terms = [t for t, n_rows, _ in spans for _ in range(n_rows)]
         kl_rows = [i for i, t in enumerate(row_terms) if t.loss == "kl"]
         reference = None
         if kl_rows:
@@ -174,19 +210,28 @@ class Discovery:
                 sub = {k: v[kl_rows] for k, v in batch.items()}
                 ref_logits, _ = labelled_logits(self.model, parts=self.mm.parts, **sub)
                 reference = torch.log_softmax(ref_logits.float(), dim=-1)
+        losses: dict[str, torch.Tensor] = {}
         with self.mm.learned(complement=(view == "only")):
             logits, targets = labelled_logits(self.model, parts=self.mm.parts, **batch)
-        losses: dict[str, torch.Tensor] = {}
-        row = pos = ref_pos = 0
-        for t, n_rows in spans:
-            n_pos = sum(positions[row : row + n_rows])
-            ref = None
-            if t.loss == "kl":
-                ref = reference[ref_pos : ref_pos + n_pos]
-                ref_pos += n_pos
-            sl = slice(pos, pos + n_pos)
-            losses[t.name] = term_loss(t.loss, logits[sl], targets[sl], ref)
-            row, pos = row + n_rows, pos + n_pos
+            row = pos = ref_pos = 0
+            for t, n_rows, total in spans:
+                n_pos = sum(positions[row : row + n_rows])
+                ref = None
+                if t.loss == "kl":
+                    ref = reference[ref_pos : ref_pos + n_pos]
+                    ref_pos += n_pos
+                sl = slice(pos, pos + n_pos)
+                losses[t.name] = term_loss(t.loss, logits[sl], targets[sl], ref, total=total)
+                row, pos = row + n_rows, pos + n_pos
+            if backward:
+                loss = sum(self._term(n).weight * v for n, v in losses.items())
+                if not torch.isfinite(loss):
+                    bad = {n: v.item() for n, v in losses.items()}
+                    raise SafeSeekError(
+                        f"loss became non-finite at step {self.step} ({bad}); the last "
+                        f"checkpoint is kept: lower --lr or check the data"
+                    )
+                loss.backward()
         return losses
 
     def _term(self, name: str):
@@ -198,31 +243,20 @@ class Discovery:
         self.optimizer.zero_grad(set_to_none=True)
         self.lagrangian.zero_grad(set_to_none=True)
         self.mm.train()
-        terms: dict[str, float] = {}
-        total = 0.0
+        losses: dict[str, torch.Tensor] = {}
         for view in ("without", "only"):
-            losses = self._view_losses(view, examples)
-            if not losses:
-                continue
-            loss = sum(self._term(n).weight * v for n, v in losses.items())
-            if not torch.isfinite(loss):
-                bad = {n: v.item() for n, v in losses.items()}
-                raise SafeSeekError(
-                    f"loss became non-finite at step {self.step} ({bad}); the last checkpoint "
-                    f"is kept: lower --lr or check the data"
-                )
-            loss.backward()
-            terms.update({n: v.item() for n, v in losses.items()})
-            total += loss.item()
+            losses.update(self._view_losses(view, examples, backward=True))
+        # Each process holds its share of the batch's loss and gradient: sum them. The
+        # sparsity term is computed whole on every process, so it is added after.
+        values = sum_over_processes(torch.stack([v.detach().float() for v in losses.values()]))
+        sum_gradients(list(self.mm.parameters()))
+        terms = dict(zip(losses, values.tolist(), strict=True))
+        total = sum(self._term(n).weight * v for n, v in terms.items())
         reg, fraction = self.sparsity(self.mm)
         reg.backward()
         for p in self.sparsity.parameters():  # ascent on the Lagrange multipliers
             if p.grad is not None:
                 p.grad.neg_()
-        if self.accelerator.num_processes > 1:
-            for p in [*self.mm.parameters(), *self.sparsity.parameters()]:
-                if p.grad is not None:
-                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
         self.optimizer.step()
         if self.config.sparsity_target is not None:
             self.lagrangian.step()
@@ -230,6 +264,7 @@ class Discovery:
         size = {g: int(m.hard().sum()) for g, m in self.mm.masks.items()}
         return {
             "step": self.step,
+            "processes": self.accelerator.num_processes,
             "loss": total + reg.item(),
             "terms": terms,
             "sparsity_loss": reg.item(),
@@ -309,6 +344,14 @@ class Discovery:
             self._prepare_out(resume, console)
         for name in self.skipped:
             console.print(f"[yellow]note:[/yellow] no record feeds term {name}; it is skipped")
+        if self.step < self.config.steps:
+            estimate = self.memory_estimate()  # every process: its probe gathers FSDP weights
+            if main:
+                console.print(estimate.describe())
+                if self.sharded:
+                    console.print(
+                        f"weights sharded over {self.accelerator.num_processes} processes (FSDP)"
+                    )
         columns = (
             TextColumn("[bold]discover[/bold]"),
             BarColumn(),

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from safeseek.data.encode import Encoded, pad
+from safeseek.distributed import is_main, rank_and_world, sum_gradients, sum_over_processes
 from safeseek.forward import labelled_logits
 from safeseek.models.adapters import locate
 from safeseek.models.load import fast_dtype
@@ -51,7 +52,11 @@ def fit(
     console: Console | None = None,
 ) -> list[float]:
     """Train the parameters of `model` that require grad on `examples` for `steps` steps
-    (shuffled epochs, seeded); returns the loss of every step."""
+    (shuffled epochs, seeded); returns the loss of every step.
+
+    Over several processes each computes its share of every batch and the gradients are
+    summed (see `safeseek.distributed`): the result depends on the batch, not the processes.
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -70,7 +75,9 @@ def fit(
         TimeRemainingColumn(),
         TextColumn("loss {task.fields[loss]}"),
     )
-    with Progress(*columns, console=console or Console(stderr=True)) as bar:
+    rank, world = rank_and_world()
+    console = console or Console(stderr=True)
+    with Progress(*columns, console=console, disable=not is_main()) as bar:
         task = bar.add_task(label, total=steps, loss="-")
         for _ in range(steps):
             if len(order) < batch_size:
@@ -78,16 +85,20 @@ def fit(
                 rng.shuffle(extra)
                 order += extra
             idx, order = order[:batch_size], order[batch_size:]
-            batch = {k: v.to(device) for k, v in pad([examples[i] for i in idx], pad_id).items()}
+            chosen = [examples[i] for i in idx]
+            mine = chosen[rank::world] or [chosen[0].unscored()]
+            batch = {k: v.to(device) for k, v in pad(mine, pad_id).items()}
             with autocast:
                 logits, targets = labelled_logits(model, parts=parts, **batch)
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            loss = loss / max(sum(e.scored for e in chosen), 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(sum_over_processes(loss.detach()).item())
             bar.update(task, advance=1, loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses

@@ -19,6 +19,15 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
 
+    @property
+    def scored(self) -> int:
+        """Positions whose next token is labelled (the rows of `labelled_logits`)."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
+    def unscored(self) -> Encoded:
+        """The same tokens with no labels: a stand-in row that adds nothing to a loss."""
+        return Encoded(self.input_ids, [IGNORE] * len(self.labels))
+
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The token that ends an assistant turn (the template's, else EOS)."""

@@ -158,6 +158,7 @@ class ModelParts:
 
     arch: Architecture
     backbone: nn.Module
+    layers: tuple[nn.Module, ...]
     attn_out: tuple[nn.Module, ...]
     mlp_out: tuple[nn.Module, ...]
 
@@ -236,4 +237,6 @@ def locate(model: nn.Module) -> ModelParts:
             f"{fam.mlp_out} takes {in_features(mlp_out[0])} inputs, expected "
             f"intermediate size {arch.intermediate_size}"
         )
-    return ModelParts(arch=arch, backbone=backbone, attn_out=attn_out, mlp_out=mlp_out)
+    return ModelParts(
+        arch=arch, backbone=backbone, layers=tuple(layers), attn_out=attn_out, mlp_out=mlp_out
+    )

@@ -78,16 +78,22 @@ def term_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     reference_logprobs: torch.Tensor | None = None,
+    total: int | None = None,
 ) -> torch.Tensor:
-    """Mean over labelled positions of one term's loss (fp32)."""
+    """One term's loss summed over the labelled positions given and divided by `total`
+    (default: their number, i.e. the mean), in fp32. A share of a batch split over processes
+    passes the batch's count as `total`, so the shares add up to the batch's mean."""
     logits = logits.float()
+    total = logits.shape[0] if total is None else total
     if loss == "ce":
-        return F.cross_entropy(logits, targets)
-    logprobs = F.log_softmax(logits, dim=-1)
-    if loss == "kl":
+        summed = F.cross_entropy(logits, targets, reduction="sum")
+    elif loss == "kl":
         assert reference_logprobs is not None
-        return F.kl_div(logprobs, reference_logprobs, log_target=True, reduction="batchmean")
-    if loss == "unlikely":
-        p = logprobs.gather(1, targets[:, None]).squeeze(1).exp()
-        return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
-    raise ValueError(loss)
+        logprobs = F.log_softmax(logits, dim=-1)
+        summed = F.kl_div(logprobs, reference_logprobs, log_target=True, reduction="sum")
+    elif loss == "unlikely":
+        p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1).exp()
+        summed = -torch.log1p(-p.clamp(max=1 - 1e-6)).sum()
+    else:
+        raise ValueError(loss)
+    return summed / max(total, 1)

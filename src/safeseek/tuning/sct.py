@@ -24,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
 from safeseek.data.encode import Encoded
+from safeseek.distributed import fsdp_requested, rank_and_world
 from safeseek.errors import SafeSeekError
 from safeseek.models.adapters import family_of, in_features
 from safeseek.training import fit, with_lora
@@ -150,6 +151,12 @@ def tune(
     plain model (LoRA merged) and a summary (trainable entries, losses)."""
     if not examples:
         raise SafeSeekError("no training examples")
+    if fsdp_requested() and rank_and_world()[1] > 1:
+        raise SafeSeekError(
+            "tune runs data parallel over processes, without FSDP weight sharding; launch it "
+            "with a data-parallel config (examples/accelerate/cpu-2-processes.yaml, or "
+            "distributed_type MULTI_GPU)"
+        )
     if circuit.is_empty() and config.mode == "circuit-only":
         raise SafeSeekError("circuit-only tuning needs a non-empty circuit")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
