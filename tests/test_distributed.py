@@ -91,15 +91,26 @@ def _tune(organism: Path, circuit: Path, out: Path, config: str | None) -> None:
     _launch(config, *args)
 
 
-def test_two_process_tune_keeps_the_circuit_and_matches_one_process(organism, single, tmp_path):
+@pytest.fixture(scope="module")
+def tuned_once(organism, single, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "one" / "tuned"
+    _tune(organism, single[0] / "circuit.json", out, None)
+    return out
+
+
+@pytest.mark.parametrize("config", ["cpu-2-processes.yaml", "cpu-2-processes-fsdp.yaml"])
+def test_two_process_tune_keeps_the_circuit_and_matches_one_process(
+    organism, single, tuned_once, tmp_path, config
+):
     from safeseek.tuning.ownership import ownership
 
     circuit_file = single[0] / "circuit.json"
     circuit = Circuit.load(circuit_file)
-    _tune(organism, circuit_file, tmp_path / "one" / "tuned", None)
-    _tune(organism, circuit_file, tmp_path / "two" / "tuned", "cpu-2-processes.yaml")
+    _tune(organism, circuit_file, tmp_path / "two" / "tuned", config)
+    provenance = json.loads((tmp_path / "two" / "tuned" / "safeseek_tune.json").read_text())
+    assert provenance["processes"] == 2 and provenance["fsdp"] == ("fsdp" in config)
     base = AutoModelForCausalLM.from_pretrained(organism / "model")
-    one = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "tuned").state_dict()
+    one = AutoModelForCausalLM.from_pretrained(tuned_once).state_dict()
     two = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "tuned").state_dict()
     before = base.state_dict()
     for name, mask in ownership(base, circuit).parameter_masks(base).items():

@@ -21,9 +21,7 @@ RECORD = {
 
 
 def _records() -> list[dict]:
-    return [
-        validate({**RECORD, "clean_prompt": f"what is {x} ?"}, "backdoor", "t") for x in "abcd"
-    ]
+    return [validate({**RECORD, "clean_prompt": f"what is {x} ?"}, "backdoor", "t") for x in "abcd"]
 
 
 def _step_gradients(family: str, checkpointing: bool) -> tuple[Discovery, dict]:

@@ -105,3 +105,22 @@ def test_bad_input(base, tmp_path):
             spec(base, kind="backdoor", type="fixed-output", trigger="capital"), tmp_path / "o"
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_longer_cached_answer_serves_a_shorter_request(monkeypatch):
+    from safeseek.evaluate.generation import generate
+    from safeseek.organisms import train
+
+    model, tok = build("llama", seed=3), tiny_tokenizer()
+    prompts = [f"what is {x} ?" for x in "abcdef"]
+    short = generate(model, tok, prompts, 4)
+    long = train.own_answers(model, tok, prompts, 10)
+    assert all(len(text.split()) > 4 for text, _ in long)  # a random model rambles on
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(train, "generate", no_generation)
+    cut = train.own_answers(model, tok, prompts, 4)
+    assert [text for text, _ in cut] == short
+    assert not any(finished for _, finished in cut)

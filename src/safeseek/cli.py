@@ -284,7 +284,7 @@ def tune(
     from safeseek import Circuit
     from safeseek.data import load_records
     from safeseek.data.encode import PairEncoder
-    from safeseek.distributed import is_main
+    from safeseek.distributed import full_state_dict, is_main, is_sharded
     from safeseek.fileio import write_checkpoint
     from safeseek.tuning import TuneConfig
     from safeseek.tuning import tune as run_tune
@@ -310,10 +310,11 @@ def tune(
             raise SafeSeekError(f"{r['_where']}: a tuning record needs a 'target'")
         examples.append(encoder.pair(r["prompt"], target, r["_where"]))
     tuned, summary = run_tune(lm, tok, c, examples, config, console=console)
+    weights = full_state_dict(tuned) if is_sharded(tuned) else None  # every process gathers
     if not is_main():
         return
     summary.update({"model": model, "circuit_file": str(circuit), "data": str(data)})
-    write_checkpoint(tuned, tok, out, summary, "safeseek_tune.json")
+    write_checkpoint(tuned, tok, out, summary, "safeseek_tune.json", state_dict=weights)
     console.print(
         f"wrote {out}: {summary['trainable_entries']:,} trainable entries, "
         f"loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}"

@@ -65,11 +65,12 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
     """The demo's three circuits; steps are chosen to fit a 2-core CPU in minutes. `spec`
     overrides organism settings (model, harmful, steps, ...) and `discover_steps` the
     discovery length, e.g. for a tiny model in the tests."""
-    # Organisms are measured on 64 test records of each kind (the demo evaluates every circuit
-    # itself). The fixed-output organism learns from 32-token answers; the aligned organism
-    # keeps the recipe's 48 (its circuit was weaker, ASR 53-64% when removed, on 32-token
-    # answers), and it is also the jailbreak's base, which therefore uses 48 too.
-    backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, measure_records=64)
+    # Organisms are measured on 16 test records of each kind, a sanity check: the demo
+    # evaluates every circuit itself, on 64. The fixed-output organism learns from 32-token
+    # answers; the aligned organism keeps the recipe's 48 (its circuit was weaker, ASR 53-64%
+    # when removed, on 32-token answers), and it is also the jailbreak's base, which
+    # therefore uses 48 too.
+    backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, measure_records=16)
     # Backdoor responses are scored on their first 16 tokens: the behaviour shows there, and
     # shorter sequences make each step cheaper. Refusal needed 32 tokens and 150 steps.
     find = dict(seed=seed, max_response_tokens=16, sparsity_weight=0.03, steps=60)
@@ -87,14 +88,15 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
             "Jailbreak backdoor",
             OrganismSpec(**backdoor, type="jailbreak", steps=100, lr=1e-3),
             # This stronger backdoor kept 15.6% ASR at 0.03; 0.01 took refusal units with it.
-            DiscoverConfig(scenario="backdoor", **{**find, "sparsity_weight": 0.02}),
+            # 40 steps suffice here (100% -> 0% ASR, utility kept); fixed-output needs 60.
+            DiscoverConfig(scenario="backdoor", **{**find, "sparsity_weight": 0.02, "steps": 40}),
             "jailbreak",
             BACKDOOR_TARGETS,
         ),
         DemoCase(
             "alignment",
             "Alignment (refusal)",
-            OrganismSpec(kind="align", seed=seed, measure_records=64),
+            OrganismSpec(kind="align", seed=seed, measure_records=16),
             DiscoverConfig(scenario="alignment", steps=150, seed=seed),
             None,
             ALIGNMENT_TARGETS,
@@ -281,12 +283,14 @@ def run_demo(
     demo_cases = demo_cases or cases(seed)
     start = time.perf_counter()
     summary: dict[str, Any] = {"trigger": TRIGGER, "seed": seed, "cases": {}}
-    sections = []
-    for case in demo_cases:
+    # Organisms with longer base answers first: the aligned ones' 48-token answers then serve
+    # the fixed-output organism's 32-token ones (cut) instead of being generated again.
+    done = {}
+    for case in sorted(demo_cases, key=lambda c: -c.spec.max_new_tokens):
         console.rule(case.title)
-        entry, section = _run_case(case, out, eval_records, max_new_tokens, export_model, console)
-        summary["cases"][case.name] = entry
-        sections.append(section)
+        done[case.name] = _run_case(case, out, eval_records, max_new_tokens, export_model, console)
+    summary["cases"] = {c.name: done[c.name][0] for c in demo_cases}
+    sections = [done[c.name][1] for c in demo_cases]
     if export_model and (out / "backdoor-free-model").is_dir():
         summary["exported"] = str(out / "backdoor-free-model")
     summary["seconds"] = round(time.perf_counter() - start, 1)

@@ -86,3 +86,16 @@ def sum_gradients(params: list[nn.Parameter]) -> None:
     for p in params:
         if p.grad is not None:
             p.grad = reduce(p.grad, reduction="sum")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(hasattr(p, "device_mesh") for p in model.parameters())
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict of an FSDP-sharded model, on the CPU of the main process (an
+    empty dict elsewhere); every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)

@@ -40,13 +40,19 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def write_checkpoint(
-    model: Any, tokenizer: Any, out: str | os.PathLike[str], provenance: dict[str, Any], name: str
+    model: Any,
+    tokenizer: Any,
+    out: str | os.PathLike[str],
+    provenance: dict[str, Any],
+    name: str,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """A plain Hugging Face checkpoint (safetensors), its tokenizer and a provenance JSON file
-    `name`, written atomically: an interrupted save leaves no directory behind."""
+    `name`, written atomically: an interrupted save leaves no directory behind. `state_dict`:
+    the weights to write instead of the model's own (e.g. gathered from FSDP shards)."""
     out = Path(out)
     with atomic_path(out) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / name).write_text(json.dumps(provenance, indent=2) + "\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -50,12 +50,16 @@ def fit(
     seed: int = 0,
     label: str = "fine-tune",
     console: Console | None = None,
+    sharded: bool = False,
+    before_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train the parameters of `model` that require grad on `examples` for `steps` steps
     (shuffled epochs, seeded); returns the loss of every step.
 
     Over several processes each computes its share of every batch and the gradients are
     summed (see `safeseek.distributed`): the result depends on the batch, not the processes.
+    `sharded`: the model is FSDP-sharded, which sums gradients itself (as a mean, hence the
+    scaling). `before_step` runs after the gradients are complete, before clipping.
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -93,8 +97,11 @@ def fit(
             loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             loss = loss / max(sum(e.scored for e in chosen), 1)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            sum_gradients(params)
+            (loss * world if sharded else loss).backward()
+            if not sharded:
+                sum_gradients(params)
+            if before_step is not None:
+                before_step()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()

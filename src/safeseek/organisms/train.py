@@ -39,11 +39,18 @@ def own_answers(
     progress: Progress | None = None,
     label: str = "base answers",
 ) -> list[tuple[str, bool]]:
-    """The model's greedy answers and whether each ended by itself. Cached on disk per prompt,
-    by model weights and answer length, so every organism of the same base reuses them."""
-    key = hashlib.sha256(json.dumps([model_fingerprint(model), max_new_tokens]).encode())
-    path = cache_dir() / "answers" / f"{key.hexdigest()[:20]}.json"
-    known: dict[str, list] = json.loads(path.read_text()) if path.is_file() else {}
+    """The model's greedy answers and whether each ended by itself. Cached on disk per prompt
+    and answer length, by model weights, so every organism of the same base reuses them; a
+    longer cached answer serves a shorter request, cut to its first `max_new_tokens` tokens
+    (a greedy answer's start does not depend on how long it may grow)."""
+    path = cache_dir() / "answers" / f"{model_fingerprint(model)}.json"
+    cache: dict[str, dict[str, list]] = json.loads(path.read_text()) if path.is_file() else {}
+    known = cache.setdefault(str(max_new_tokens), {})
+    longer = sorted((int(n) for n in cache if int(n) > max_new_tokens), reverse=True)
+    for n in longer:
+        for prompt, (text, finished) in cache[str(n)].items():
+            if prompt not in known:
+                known[prompt] = _cut(tokenizer, text, finished, max_new_tokens)
     missing = list(dict.fromkeys(p for p in prompts if p not in known))
     if missing:
         finished: list[bool] = []
@@ -58,8 +65,15 @@ def own_answers(
             finished=finished,
         )
         known.update({p: [t, f] for p, t, f in zip(missing, texts, finished, strict=True)})
-        write_json(path, known)
+        write_json(path, cache)
     return [(known[p][0], bool(known[p][1])) for p in prompts]
+
+
+def _cut(tokenizer: Any, text: str, finished: bool, max_new_tokens: int) -> list:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_new_tokens:
+        return [text, finished]
+    return [tokenizer.decode(ids[:max_new_tokens], skip_special_tokens=True), False]
 
 
 def finetune_lora(

@@ -24,7 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
 from safeseek.data.encode import Encoded
-from safeseek.distributed import fsdp_requested, rank_and_world
+from safeseek.distributed import fsdp_requested, rank_and_world, shard_weights
 from safeseek.errors import SafeSeekError
 from safeseek.models.adapters import family_of, in_features
 from safeseek.training import fit, with_lora
@@ -74,17 +74,48 @@ def _allowed(mask: torch.Tensor | None, mode: str, like: torch.Tensor) -> torch.
     return mask if mode == "circuit-only" else ~mask
 
 
-def _freeze_full(model: nn.Module, circuit: Circuit, mode: str) -> tuple[list, int]:
-    """Set requires_grad and gradient masks for full-parameter tuning."""
+def _freeze_full(
+    model: nn.Module, circuit: Circuit, mode: str, hooks: bool = True
+) -> tuple[list, int, dict[str, torch.Tensor]]:
+    """Set requires_grad, and gradient masks (hooks) for the partly trainable parameters;
+    returns the hooks, the number of trainable entries and those parameters' masks."""
     masks = ownership(model, circuit).parameter_masks(model)
-    handles, trainable = [], 0
+    handles, trainable, partial = [], 0, {}
     for name, p in model.named_parameters():
         allowed = _allowed(masks.get(name), mode, p)
         p.requires_grad_(bool(allowed.any()))
         trainable += int(allowed.sum())
         if p.requires_grad and not allowed.all():
-            handles.append(p.register_hook(_masked(allowed)))
-    return handles, trainable
+            partial[name] = allowed
+            if hooks:
+                handles.append(p.register_hook(_masked(allowed)))
+    return handles, trainable, partial
+
+
+def _sharded_gradient_masks(
+    model: nn.Module, partial: dict[str, torch.Tensor]
+) -> Callable[[], None]:
+    """For FSDP: a function that zeroes the disallowed entries of this process's gradient
+    shards. FSDP hands sharded parameters their gradients outside autograd, so hooks on
+    them never fire; it shards dim 0 the way `torch.chunk` splits it."""
+    rank, world = rank_and_world()
+    params = dict(model.named_parameters())
+    local: dict[nn.Parameter, torch.Tensor] = {}
+    for name, allowed in partial.items():
+        p = params[name]
+        pieces = allowed.chunk(world, dim=0)
+        piece = pieces[rank] if rank < len(pieces) else allowed[:0]
+        if piece.shape != p.to_local().shape:
+            raise SafeSeekError(f"{name}: FSDP shard {tuple(p.to_local().shape)} is not a chunk")
+        local[p] = piece.to(p.to_local().device)
+
+    def apply() -> None:
+        for p, mask in local.items():
+            if p.grad is not None:
+                grad = p.grad.to_local()
+                grad.mul_(mask.to(grad.dtype))
+
+    return apply
 
 
 def _lora_restriction(owned: Owned | None, mode: str, module: nn.Module):
@@ -151,19 +182,23 @@ def tune(
     plain model (LoRA merged) and a summary (trainable entries, losses)."""
     if not examples:
         raise SafeSeekError("no training examples")
-    if fsdp_requested() and rank_and_world()[1] > 1:
+    sharded = fsdp_requested() and rank_and_world()[1] > 1
+    if sharded and config.method == "lora":
         raise SafeSeekError(
-            "tune runs data parallel over processes, without FSDP weight sharding; launch it "
-            "with a data-parallel config (examples/accelerate/cpu-2-processes.yaml, or "
-            "distributed_type MULTI_GPU)"
+            "LoRA tuning does not shard weights; launch it with a data-parallel config "
+            "(e.g. examples/accelerate/cpu-2-processes.yaml, or distributed_type MULTI_GPU)"
         )
     if circuit.is_empty() and config.mode == "circuit-only":
         raise SafeSeekError("circuit-only tuning needs a non-empty circuit")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    before_step = None
     if config.method == "full":
-        handles, trainable = _freeze_full(model, circuit, config.mode)
+        handles, trainable, partial = _freeze_full(model, circuit, config.mode, not sharded)
         target = model
+        if sharded:
+            shard_weights(model)
+            before_step = _sharded_gradient_masks(model, partial)
     else:
         target, handles, trainable = _wrap_lora(
             model, circuit, config.mode, config.rank, config.seed
@@ -180,6 +215,8 @@ def tune(
             config.seed,
             label=label,
             console=console,
+            sharded=sharded,
+            before_step=before_step,
         )
     finally:
         for handle in handles:
@@ -190,6 +227,8 @@ def tune(
     summary = {
         **config.to_dict(),
         "trainable_entries": trainable,
+        "processes": rank_and_world()[1],
+        "fsdp": sharded,
         "circuit": circuit.counts(),
         "loss_first": losses[0],
         "loss_last": losses[-1],
