@@ -88,14 +88,21 @@ def discover(
     model: ModelOpt = "default",
     scenario: Scenario = "backdoor",
     out: Annotated[Path, typer.Option(help="run directory")] = Path("run"),
-    method: Annotated[str, typer.Option(help="discovery method")] = "mask",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="mask, or a baseline: activation-patching, attribution-patching, "
+            "snip-set-difference, wanda-set-difference, random"
+        ),
+    ] = "mask",
     granularity: Annotated[str, typer.Option(help="comma-separated: head,neuron,layer")] = (
         "head,neuron"
     ),
     ablation: Annotated[str, typer.Option(help="zero or mean")] = _D.ablation,
     parametrization: Annotated[str, typer.Option(help="ste or hard_concrete")] = _D.parametrization,
     sparsity_target: Annotated[
-        float | None, typer.Option(help="hold the circuit at this fraction of units")
+        float | None,
+        typer.Option(help="hold the circuit at this fraction of units (baselines: 0.005)"),
     ] = None,
     sparsity_weight: Annotated[
         float | None,
@@ -125,7 +132,7 @@ def discover(
     ),
     adapter: AdapterOpt = None,
     gradient_checkpointing: Annotated[
-        bool, typer.Option(help="recompute layers in backward: less memory, ~1/3 more time")
+        bool, typer.Option(help="recompute each layer in backward: less memory, more time")
     ] = False,
 ) -> None:
     """Find the circuit that carries a behaviour; writes OUT/circuit.json, masks, log.
@@ -135,10 +142,13 @@ def discover(
     from safeseek.data import data_hash, load_records
     from safeseek.discover import Discovery
 
-    if method != "mask":
-        raise SafeSeekError(f"unknown method {method!r}; available: mask")
     term_weights = _parse_weights(weights)
     records = load_records(data, scenario)
+    if method != "mask":
+        grans = tuple(g.strip() for g in granularity.split(",") if g.strip())
+        size = sparsity_target or BASELINE_SIZE
+        _baseline(method, model, dtype, adapter, records, scenario, grans, size, seed, out, data)
+        return
     config = DiscoverConfig(
         scenario=scenario,
         granularities=tuple(g.strip() for g in granularity.split(",") if g.strip()),
@@ -173,6 +183,43 @@ def discover(
     console.print(f"circuit: {c!r} = {frac:.3%} of units, {result.seconds:.0f} s; wrote {out}/")
 
 
+BASELINE_SIZE = 0.005
+
+
+def _baseline(method, model, dtype, adapter, records, scenario, grans, size, seed, out, data):
+    """A baseline's circuit of `size` (fraction of units): OUT/circuit.json and the unit
+    scores behind it (OUT/scores.safetensors, behaviour.* and utility.*)."""
+    from rich.progress import Progress
+    from safetensors.torch import save_file
+
+    from safeseek.baselines import circuit_of_size, score_units
+    from safeseek.data import data_hash
+    from safeseek.fileio import atomic_path, write_json
+    from safeseek.masking import MaskedModel
+
+    if (out / "circuit.json").exists():
+        raise SafeSeekError(f"{out} already holds a circuit; choose another --out")
+    lm, tok = _load_for(model, dtype, adapter)
+    with Progress(console=console) as bar:
+        scores = score_units(method, lm, tok, records, scenario, grans, seed, progress=bar)
+    mm = MaskedModel(lm, granularities=grans)
+    circuit = circuit_of_size(scores, mm.arch, size)
+    circuit.metadata.update({**mm.metadata(), "data_hash": data_hash(data), "seed": seed})
+    circuit.metadata["seconds"] = round(scores.seconds, 2)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"behaviour.{g}": t.contiguous() for g, t in scores.behaviour.items()}
+    tensors |= {f"utility.{g}": t.contiguous() for g, t in (scores.utility or {}).items()}
+    with atomic_path(out / "scores.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"method": method})
+    write_json(out / "settings.json", {"method": method, "size": size, **scores.settings})
+    circuit.save(out / "circuit.json")
+    frac = circuit.sparsity(mm)["overall"]
+    console.print(
+        f"circuit: {circuit!r} = {frac:.3%} of units ({method}, {scores.seconds:.0f} s); "
+        f"wrote {out}/"
+    )
+
+
 @app.command()
 def evaluate(
     data: DataOpt,
@@ -186,7 +233,7 @@ def evaluate(
         str | None, typer.Option(help="fixed-output, jailbreak or label-flip")
     ] = None,
     max_new_tokens: int = 48,
-    batch_size: int = 16,
+    batch_size: Annotated[int, typer.Option(help="prompts generated at once")] = 32,
     dtype: Annotated[str, typer.Option(help="auto (checkpoint's), float32, bfloat16")] = "auto",
     adapter: AdapterOpt = None,
 ) -> None:

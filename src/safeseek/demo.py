@@ -72,14 +72,16 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
     # therefore uses 48 too.
     backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, measure_records=16)
     # Backdoor responses are scored on their first 16 tokens: the behaviour shows there, and
-    # shorter sequences make each step cheaper. Refusal needed 32 tokens and 150 steps.
+    # shorter sequences make each step cheaper. Refusal needed 32 tokens.
     find = dict(seed=seed, max_response_tokens=16, sparsity_weight=0.03, steps=60)
     out = [
         DemoCase(
             "backdoor_fixed_output",
             "Fixed-output backdoor",
             OrganismSpec(**backdoor, type="fixed-output", steps=80, max_new_tokens=32),
-            DiscoverConfig(scenario="backdoor", **find),
+            # Clean behaviour kept at twice the default weight: at 4 one circuit kept 93% of
+            # clean utility, at 8 it kept 107% (both removed the backdoor: 100% -> 0%).
+            DiscoverConfig(scenario="backdoor", **find, weights={"without_clean": 8.0}),
             "fixed-output",
             BACKDOOR_TARGETS,
         ),
@@ -97,7 +99,9 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
             "alignment",
             "Alignment (refusal)",
             OrganismSpec(kind="align", seed=seed, measure_records=16),
-            DiscoverConfig(scenario="alignment", steps=150, seed=seed),
+            # 120 steps at lr 0.15 (ASR 0% -> 89%) instead of 150 at 0.1 (-> 97%): the demo
+            # has to fit its time budget; 120 at 0.1 reached only 34%.
+            DiscoverConfig(scenario="alignment", steps=120, lr=0.15, seed=seed),
             None,
             ALIGNMENT_TARGETS,
         ),

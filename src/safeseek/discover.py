@@ -157,6 +157,7 @@ class Discovery:
         """Peak memory of this run's largest step, per process (see `safeseek.memory`)."""
         views = [[t for t in self.terms if t.view == v] for v in ("without", "only")]
         rows = max(len(ts) for ts in views) * self.batcher.batch_size
+        rows = math.ceil(rows / rank_and_world()[1])  # this process's share of the batch
         tokens = max(len(e.input_ids) for ex in self.examples for e in ex.values())
         labelled = max(e.scored for ex in self.examples for e in ex.values())
         return estimate(self.mm, rows, tokens, rows * labelled, self.checkpointing)

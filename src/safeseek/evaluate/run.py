@@ -88,11 +88,16 @@ def evaluate_circuit(
     backdoor_type: str | None = None,
     masks_path: str | Path | None = None,
     max_new_tokens: int = 48,
-    batch_size: int = 16,
+    batch_size: int = 32,
     console: Console | None = None,
+    views: Sequence[str] = VIEWS,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """EVAL.json's content (DESIGN §4) and every generation behind it."""
+    """EVAL.json's content (DESIGN §4) and every generation behind it; `views` picks which of
+    full / without_circuit / circuit_only are generated (all by default)."""
     start = time.perf_counter()
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise SafeSeekError(f"unknown view {unknown[0]!r}; views: {', '.join(VIEWS)}")
     probe = probe_for(scenario, records, backdoor_type)
     if not probe.attack:
         raise SafeSeekError(f"no {scenario} records to measure the behaviour on")
@@ -109,7 +114,7 @@ def evaluate_circuit(
             )
         mm.load_masks(masks_path)
     circuit.check(mm)
-    views = {
+    contexts = {
         "full": lambda _: contextlib.nullcontext(),
         "without_circuit": mm.without,
         "circuit_only": mm.only,
@@ -122,12 +127,12 @@ def evaluate_circuit(
 
         def run(view: str, items: list[dict[str, Any]], label: str) -> list[str]:
             prompts = [it["prompt"] for it in items]
-            with views[view](circuit):
+            with contexts[view](circuit):
                 return generate(
                     model, tokenizer, prompts, max_new_tokens, batch_size, bar, f"{view}: {label}"
                 )
 
-        for view in VIEWS:
+        for view in (v for v in VIEWS if v in views):
             gens = run(view, probe.attack, "attack")
             hits = attack_success(probe.kind, gens, [it["target"] for it in probe.attack])
             asr[view] = rate(hits)
@@ -158,7 +163,7 @@ def evaluate_circuit(
                     {"view": view, "set": "utility", "i": i, **it, "generation": g, "correct": c}
                     for i, (it, g, c) in enumerate(zip(probe.utility, gens, ok, strict=True))
                 ]
-    if utility:
+    if "full" in utility and "without_circuit" in utility:
         full = utility["full"]
         utility["retention"] = utility["without_circuit"] / full if full > 0 else None
     sparsity = circuit.sparsity(mm, granularities)

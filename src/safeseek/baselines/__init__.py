@@ -1,0 +1,82 @@
+"""Baseline circuit finders, to compare with mask optimisation on the same data.
+
+Every method scores each unit (higher = the unit carries more of the behaviour; see each
+module for what the number is) and `circuit_of_size` turns scores into a circuit of a
+requested fraction of units:
+
+- `activation-patching`: exact single-unit ablation, rise in the behaviour's loss;
+- `attribution-patching`: its first-order estimate for every unit at once (gradient x
+  activation difference to the clean mean);
+- `snip-set-difference`, `wanda-set-difference`: pruning importance on behaviour data minus
+  the units most important on utility data (Wei et al., ICML 2024);
+- `random`: uniform random scores (a control; one circuit per seed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from safeseek.baselines.common import examples
+from safeseek.baselines.patching import activation_patching, attribution_patching
+from safeseek.baselines.pruning import snip_set_difference, wanda_set_difference
+from safeseek.baselines.select import UnitScores, circuit_of_size
+from safeseek.errors import SafeSeekError
+from safeseek.models.adapters import architecture
+
+METHODS = (
+    "activation-patching",
+    "attribution-patching",
+    "snip-set-difference",
+    "wanda-set-difference",
+    "random",
+)
+
+
+def score_units(
+    method: str,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    scenario: str,
+    granularities: tuple[str, ...] = ("head", "neuron"),
+    seed: int = 0,
+    limit: int | None = 64,
+    max_response_tokens: int | None = 32,
+    progress: Progress | None = None,
+) -> UnitScores:
+    """Score every unit of `model` for `scenario`'s behaviour on (the first `limit` examples
+    of) `records` with `method`."""
+    if method not in METHODS:
+        raise SafeSeekError(f"unknown method {method!r}; available: mask, {', '.join(METHODS)}")
+    unknown = [g for g in granularities if g not in ("head", "neuron")]
+    if unknown:
+        raise SafeSeekError(f"baselines score heads and neurons, not {unknown[0]}")
+    start = time.perf_counter()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ex = examples(tokenizer, records, scenario, limit, max_response_tokens=max_response_tokens)
+    utility = None
+    if method == "random":
+        arch = architecture(model)
+        g = torch.Generator().manual_seed(seed)
+        behaviour = {
+            gran: torch.rand(arch.n_layers, arch.units_per_layer(gran), generator=g)
+            for gran in granularities
+        }
+    elif method == "activation-patching":
+        behaviour = activation_patching(model, pad_id, ex, granularities, progress=progress)
+    elif method == "attribution-patching":
+        behaviour = attribution_patching(model, pad_id, ex, granularities)
+    elif method == "snip-set-difference":
+        behaviour, utility = snip_set_difference(model, pad_id, ex, granularities)
+    else:
+        behaviour, utility = wanda_set_difference(model, pad_id, ex, granularities)
+    settings = {"seed": seed, "examples": len(ex.behaviour), "scenario": scenario}
+    return UnitScores(method, behaviour, utility, time.perf_counter() - start, settings)
+
+
+__all__ = ["METHODS", "UnitScores", "circuit_of_size", "score_units"]

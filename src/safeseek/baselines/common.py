@@ -1,0 +1,112 @@
+"""What every baseline reads: the behaviour's examples, the utility examples, and losses.
+
+A baseline scores each unit (head, neuron) of a frozen model from two example sets made from
+the scenario's records by the scenario's own objective (DESIGN §1.4):
+- behaviour: the prompt with the response that shows the behaviour (backdoor: triggered prompt
+  -> backdoor response; alignment: harmful prompt -> refusal; custom: prompt -> target);
+- utility: what must be kept (backdoor: clean prompt -> clean response; alignment: benign
+  prompt -> the model's own answer; custom: preservation prompts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from safeseek.data.encode import Encoded, PairEncoder, pad
+from safeseek.errors import SafeSeekError
+from safeseek.forward import labelled_logits
+from safeseek.models.adapters import ModelParts, locate
+from safeseek.objectives import objective
+
+BEHAVIOUR_TERM = {
+    "backdoor": "only_triggered",
+    "alignment": "only_harmful",
+    "custom": "only_behaviour",
+}
+UTILITY_TERM = {
+    "backdoor": "without_clean",
+    "alignment": "without_benign",
+    "custom": "without_preserve",
+}
+
+
+@dataclass
+class Examples:
+    behaviour: list[Encoded]
+    utility: list[Encoded]
+
+
+def examples(
+    tokenizer: Any,
+    records: Sequence[dict[str, Any]],
+    scenario: str,
+    limit: int | None = None,
+    max_length: int = 512,
+    max_response_tokens: int | None = 32,
+) -> Examples:
+    """The first `limit` behaviour and utility examples of `records`."""
+    names = (BEHAVIOUR_TERM[scenario], UTILITY_TERM[scenario])
+    base = objective(scenario)
+    obj = base.with_weights({t.name: float(t.name in names) for t in base.terms})
+    encoder = PairEncoder(tokenizer, max_length, max_response_tokens)
+    where = [r.get("_where", f"record {i + 1}") for i, r in enumerate(records)]
+    encoded = obj.encode(records, encoder, where)
+    out = Examples(
+        behaviour=[ex[names[0]] for ex in encoded if names[0] in ex][:limit],
+        utility=[ex[names[1]] for ex in encoded if names[1] in ex][:limit],
+    )
+    if not out.behaviour:
+        raise SafeSeekError(f"no record shows the {scenario} behaviour ({names[0]} examples)")
+    return out
+
+
+def batches(
+    rows: Sequence[Encoded], pad_id: int, device: torch.device, size: int = 8
+) -> Iterator[dict[str, torch.Tensor]]:
+    for i in range(0, len(rows), size):
+        yield {k: v.to(device) for k, v in pad(list(rows[i : i + size]), pad_id).items()}
+
+
+def summed_loss(
+    model: nn.Module, parts: ModelParts, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Cross-entropy of the labelled tokens of `batch`, summed (divide by the token count)."""
+    logits, targets = labelled_logits(model, parts=parts, **batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def mean_loss(model: nn.Module, rows: Sequence[Encoded], pad_id: int) -> float:
+    """Mean cross-entropy per labelled token of `rows` (no gradient)."""
+    parts, device = locate(model), next(model.parameters()).device
+    total = sum(e.scored for e in rows)
+    with torch.no_grad():
+        loss = sum(float(summed_loss(model, parts, b)) for b in batches(rows, pad_id, device))
+    return loss / max(total, 1)
+
+
+def per_input_channel(module: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """Sum |values| (shaped like `module.weight`) over outputs: one number per input channel
+    (Linear stores [out, in], GPT-2's Conv1D [in, out])."""
+    values = values.abs().float()
+    return values.sum(1) if isinstance(module, Conv1D) else values.sum(0)
+
+
+def to_units(parts: ModelParts, granularity: str, channels: torch.Tensor) -> torch.Tensor:
+    """Per-channel scores `[layers, channels]` summed into units: a head owns head_dim
+    consecutive input channels of the attention output projection, a neuron one channel."""
+    if granularity == "head":
+        arch = parts.arch
+        return channels.view(arch.n_layers, arch.n_heads, arch.head_dim).sum(-1)
+    return channels
+
+
+def readouts(parts: ModelParts, granularity: str) -> tuple[nn.Module, ...]:
+    """The projections whose input channels are the units (where the masks act)."""
+    return {"head": parts.attn_out, "neuron": parts.mlp_out}[granularity]

@@ -1,0 +1,77 @@
+"""Patching baselines: what removing a unit does to the behaviour's loss.
+
+- activation patching: ablate each head (and each group of neurons) alone, exactly, and
+  measure the rise in the behaviour's cross-entropy -- one forward pass per unit;
+- attribution patching (EAP-style, at node level): the first-order estimate of the same rise
+  when a unit is patched to its mean over the utility (clean / benign) inputs, i.e.
+  gradient x (activation - clean mean), for every unit from one backward pass.
+
+Both return the rise in mean cross-entropy per behaviour token: higher = more of the behaviour.
+"""
+
+from __future__ import annotations
+
+import torch
+from rich.progress import Progress
+
+from safeseek.baselines.common import Examples, batches, mean_loss, summed_loss
+from safeseek.circuit import Circuit
+from safeseek.masking import MaskedModel
+
+
+def activation_patching(
+    model: torch.nn.Module,
+    pad_id: int,
+    ex: Examples,
+    granularities: tuple[str, ...],
+    neuron_group: int = 128,
+    progress: Progress | None = None,
+) -> dict[str, torch.Tensor]:
+    """Exact single-unit ablations (zero). Neurons are ablated `neuron_group` consecutive
+    neurons of a layer at a time (each member gets the group's score): one pass per neuron
+    would take tens of thousands of passes."""
+    mm = MaskedModel(model, granularities=granularities)
+    arch = mm.arch
+    base = mean_loss(model, ex.behaviour, pad_id)
+    scores = {g: torch.zeros(arch.n_layers, arch.units_per_layer(g)) for g in granularities}
+    jobs: list[tuple[str, int, slice]] = []
+    for g in granularities:
+        step = neuron_group if g == "neuron" else 1
+        for layer in range(arch.n_layers):
+            for start in range(0, arch.units_per_layer(g), step):
+                jobs.append((g, layer, slice(start, start + step)))
+    task = progress.add_task("activation patching", total=len(jobs)) if progress else None
+    for g, layer, units in jobs:
+        members = [(layer, u) for u in range(arch.units_per_layer(g))[units]]
+        circuit = Circuit(heads=members) if g == "head" else Circuit(neurons=members)
+        with mm.without(circuit):
+            scores[g][layer, units] = mean_loss(model, ex.behaviour, pad_id) - base
+        if progress is not None:
+            progress.advance(task)
+    return scores
+
+
+def attribution_patching(
+    model: torch.nn.Module,
+    pad_id: int,
+    ex: Examples,
+    granularities: tuple[str, ...],
+) -> dict[str, torch.Tensor]:
+    """d(behaviour loss)/d(keep) of every unit at keep = 1, with the unit's clean mean as the
+    patched value, negated: the first-order rise of the loss when the unit is patched."""
+    device = next(model.parameters()).device
+    reference = [
+        {k: b[k] for k in ("input_ids", "attention_mask")}
+        for b in batches(ex.utility or ex.behaviour, pad_id, device)
+    ]
+    mm = MaskedModel(
+        model, granularities=granularities, ablation="mean", reference=reference, init_logit=-1.0
+    )
+    total = sum(e.scored for e in ex.behaviour)
+    with mm.learned():  # every unit kept; the straight-through gradient reaches each logit
+        for batch in batches(ex.behaviour, pad_id, device):
+            (summed_loss(model, mm.parts, batch) / total).backward()
+    slope = torch.sigmoid(torch.tensor(-1.0)) * (1 - torch.sigmoid(torch.tensor(-1.0)))
+    # keep = 1 - sigmoid(logit): d loss / d logit = -slope * d loss / d keep, and patching
+    # (keep 1 -> 0) changes the loss by about -d loss / d keep = (d loss / d logit) / slope.
+    return {g: (m.logits.grad / slope).detach().cpu() for g, m in mm.masks.items()}

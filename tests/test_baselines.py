@@ -1,0 +1,184 @@
+"""Baselines: each score checked against an independent computation on tiny models (weight
+surgery, hand-written gradients and activation norms), the shared top-k with set difference,
+and every method through `safeseek discover --method`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CASES, build, tiny_tokenizer
+from helpers import module_at, surgery
+from tiny_backdoor import records as backdoor_records
+from transformers.pytorch_utils import Conv1D
+
+from safeseek import Circuit
+from safeseek.baselines import METHODS, UnitScores, circuit_of_size, score_units
+from safeseek.baselines.common import examples, mean_loss
+from safeseek.baselines.patching import activation_patching, attribution_patching
+from safeseek.baselines.pruning import snip, wanda
+from safeseek.data import pad, write_jsonl
+from safeseek.data.records import validate
+from safeseek.forward import labelled_logits
+from safeseek.models.adapters import architecture
+
+FAMILIES = ["llama", "gpt2", "gemma"]  # GQA, Conv1D projections, head_dim != hidden / heads
+
+
+def _examples(n: int = 6):
+    recs = [validate(r, "backdoor", f"r{i}") for i, r in enumerate(backdoor_records(n, 3))]
+    return examples(tiny_tokenizer(), recs, "backdoor")
+
+
+def _projection_inputs(model, name, rows, pad_id):
+    """Inputs of every layer's attention output and MLP down projection, with autograd."""
+    case = CASES[name]
+    n_layers = architecture(model).n_layers
+    seen: dict[tuple[str, int], list[torch.Tensor]] = {}
+    handles = []
+    for i in range(n_layers):
+        for kind, path in (("head", case.attn_out), ("neuron", case.mlp_out)):
+
+            def grab(module, args, key=(kind, i)):
+                if args[0].requires_grad:
+                    args[0].retain_grad()
+                seen.setdefault(key, []).append(args[0])
+
+            handles.append(module_at(model, path.format(i=i)).register_forward_pre_hook(grab))
+    batch = pad(rows, pad_id)
+    try:
+        logits, targets = labelled_logits(model, **batch)
+        loss = F.cross_entropy(logits.float(), targets)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, loss, batch["attention_mask"].bool()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_activation_patching_is_the_loss_rise_of_weight_surgery(name):
+    model, ex = build(name), _examples()
+    pad_id = tiny_tokenizer().pad_token_id
+    scores = activation_patching(model, pad_id, ex, ("head", "neuron"), neuron_group=16)
+    base = mean_loss(model, ex.behaviour, pad_id)
+    for g, unit in (("head", (1, 2)), ("neuron", (0, 16))):
+        layer, first = unit
+        members = [(layer, first)] if g == "head" else [(layer, first + j) for j in range(16)]
+        circuit = Circuit(heads=members) if g == "head" else Circuit(neurons=members)
+        want = mean_loss(surgery(model, name, circuit), ex.behaviour, pad_id) - base
+        torch.testing.assert_close(scores[g][layer, first], torch.tensor(want), atol=1e-5, rtol=0)
+    assert (scores["neuron"][0, 16:32] == scores["neuron"][0, 16]).all()  # one group
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_attribution_patching_is_gradient_times_difference_to_the_clean_mean(name):
+    model, ex = build(name), _examples()
+    pad_id = tiny_tokenizer().pad_token_id
+    scores = attribution_patching(model, pad_id, ex, ("head", "neuron"))
+    # The clean mean by hand: every projection input over the utility rows' real tokens.
+    with torch.no_grad():
+        clean, _, mask = _projection_inputs(model, name, ex.utility, pad_id)
+    means = {k: v[0][mask].double().mean(0).float() for k, v in clean.items()}
+    seen, loss, _ = _projection_inputs(model, name, ex.behaviour, pad_id)
+    loss.backward()
+    arch = architecture(model)
+    for (g, layer), (x,) in seen.items():
+        # rise when x -> mean, to first order: (mean - x) . dL/dx, per channel
+        per_channel = ((means[(g, layer)] - x) * x.grad).sum((0, 1))
+        if g == "head":
+            per_channel = per_channel.view(arch.n_heads, arch.head_dim).sum(-1)
+        torch.testing.assert_close(scores[g][layer], per_channel, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_snip_and_wanda_sum_their_weight_importances_over_each_unit(name):
+    model, ex = build(name), _examples()
+    pad_id = tiny_tokenizer().pad_token_id
+    got_snip = snip(model, ex.behaviour, pad_id, ("head", "neuron"))
+    got_wanda = wanda(model, ex.behaviour, pad_id, ("head", "neuron"))
+    assert not any(p.grad is not None for p in model.parameters())  # nothing left behind
+    seen, loss, mask = _projection_inputs(model, name, ex.behaviour, pad_id)
+    arch = architecture(model)
+    layer = 1
+    for g, path in (("head", CASES[name].attn_out), ("neuron", CASES[name].mlp_out)):
+        module = module_at(model, path.format(i=layer))
+        weight = module.weight if isinstance(module, Conv1D) else module.weight.T  # [in, out]
+        (grad,) = torch.autograd.grad(loss, module.weight, retain_graph=True)
+        grad = grad if isinstance(module, Conv1D) else grad.T
+        snip_channels = (weight * grad).abs().sum(1)
+        x = seen[(g, layer)][0][mask]
+        wanda_channels = weight.abs().sum(1) * x.norm(dim=0)
+        if g == "head":
+            snip_channels = snip_channels.view(arch.n_heads, -1).sum(-1)
+            wanda_channels = wanda_channels.view(arch.n_heads, -1).sum(-1)
+        torch.testing.assert_close(got_snip[g][layer], snip_channels.detach(), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(
+            got_wanda[g][layer], wanda_channels.detach(), rtol=1e-4, atol=1e-6
+        )
+
+
+def test_top_k_is_joint_and_set_difference_skips_utility_units():
+    arch = architecture(build("llama"))  # 2 layers x 4 heads, 2 x 48 neurons: 104 units
+    behaviour = {"head": torch.zeros(2, 4), "neuron": torch.zeros(2, 48)}
+    behaviour["head"][1, 3] = 5.0
+    behaviour["neuron"][0, 7] = 4.0
+    behaviour["neuron"][1, 9] = 3.0
+    behaviour["neuron"][0, 0] = 2.0
+    plain = circuit_of_size(UnitScores("x", behaviour), arch, 3 / 104)
+    assert plain.heads == [(1, 3)] and sorted(plain.neurons) == [(0, 7), (1, 9)]
+    utility = {"head": torch.zeros(2, 4), "neuron": torch.zeros(2, 48)}
+    utility["neuron"][0, 7] = 9.0  # the utility's top 3 holds (0, 7)
+    utility["head"][0, 0] = utility["head"][0, 1] = 8.0
+    diff = circuit_of_size(UnitScores("x", behaviour, utility), arch, 3 / 104)
+    assert diff.heads == [(1, 3)] and sorted(diff.neurons) == [(0, 0), (1, 9)]
+    assert diff.metadata["method"] == "x"
+    assert len(circuit_of_size(UnitScores("x", behaviour), arch, 0.1)) == 10
+
+
+def test_random_scores_depend_on_the_seed_only():
+    model, tok = build("llama"), tiny_tokenizer()
+    recs = [validate(r, "backdoor", f"r{i}") for i, r in enumerate(backdoor_records(4, 3))]
+    arch = architecture(model)
+    a, b, c = (
+        circuit_of_size(score_units("random", model, tok, recs, "backdoor", seed=s), arch, 0.1)
+        for s in (0, 0, 1)
+    )
+    assert a.heads == b.heads and a.neurons == b.neurons
+    assert (a.heads, a.neurons) != (c.heads, c.neurons)
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory):
+    from tiny_backdoor import train
+
+    root = tmp_path_factory.mktemp("organism")
+    model, tok = train(seed=0, clean_steps=50, poison_steps=20)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    write_jsonl(root / "data.jsonl", backdoor_records(16, 5))
+    arch = architecture(model)
+    return root, arch.num_units["head"] + arch.num_units["neuron"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_through_the_command_line(method, organism, tmp_path):
+    root, units = organism
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    args = ["discover", "--model", str(root / "model"), "--data", str(root / "data.jsonl")]
+    args += ["--method", method, "--sparsity-target", "0.05", "--out", str(tmp_path / "run")]
+    args += ["--dtype", "float32"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "safeseek", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    circuit = Circuit.load(tmp_path / "run" / "circuit.json")
+    assert len(circuit) == round(0.05 * units) and circuit.metadata["method"] == method
+    assert (tmp_path / "run" / "scores.safetensors").is_file()
