@@ -39,14 +39,16 @@ from safeseek.pipeline import discovery, organism
 RESULTS = Path(__file__).parent / "results"
 
 
-def _row(case, method, seed, target, circuit, ev, full, seconds) -> dict[str, Any]:
+def _row(case, method, seed, target, circuit, ev, full, seconds, units) -> dict[str, Any]:
     util_full, util = full["utility"].get("full"), ev["utility"].get("without_circuit")
     return {
         "case": case.name,
         "method": method,
         "seed": seed,
         "size_target": target,
-        "fraction": ev["sparsity"]["overall"],
+        # of all heads and neurons (EVAL's "overall" counts only the granularities present)
+        "fraction": len(circuit) / units,
+        "total_units": units,
         "units": circuit.counts(),
         "asr_full": full["asr"]["full"],
         "asr_without_circuit": ev["asr"]["without_circuit"],
@@ -59,14 +61,19 @@ def _row(case, method, seed, target, circuit, ev, full, seconds) -> dict[str, An
 
 
 def best_at_retention(rows: list[dict], floor: float = 0.99) -> dict[tuple[str, str], dict]:
-    """Per (case, method): the lowest ASR among circuits that keep >= `floor` of utility
-    (random: the mean over seeds at each size)."""
+    """Per (case, method), among circuits that keep >= `floor` of utility (random: the mean
+    over seeds at each size): the lowest ASR once removed for a backdoor (the backdoor is
+    gone), the highest for alignment (the refusal is gone)."""
     out: dict[tuple[str, str], dict] = {}
     for r in _averaged(rows):
         if r["utility_retention"] is None or r["utility_retention"] < floor:
             continue
         key = (r["case"], r["method"])
-        if key not in out or r["asr_without_circuit"] < out[key]["asr_without_circuit"]:
+        sign = -1 if r["case"] == "alignment" else 1
+        if (
+            key not in out
+            or sign * r["asr_without_circuit"] < sign * out[key]["asr_without_circuit"]
+        ):
             out[key] = r
     return out
 
@@ -104,7 +111,12 @@ def markdown(rows: list[dict]) -> str:
             f"{r['asr_full']:.1%} -> {r['asr_without_circuit']:.1%} | {kept} | "
             f"{r['method_seconds']} |"
         )
-    lines += ["", "Lowest ASR after ablation at >= 99% utility retention:", ""]
+    lines += [
+        "",
+        "At >= 99% utility retention, each method's best circuit: lowest ASR once removed for "
+        "the backdoors, highest for alignment (none listed: no circuit of that method kept 99%):",
+        "",
+    ]
     lines += ["| organism | method | size | ASR ablated | utility kept |", "|---|---|---|---|---|"]
     for (case, method), r in sorted(best_at_retention(rows).items()):
         lines.append(
@@ -189,7 +201,9 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
             circuit = circuit_of_size(scores[(method, seed)], arch, size)
             seconds = scores[(method, seed)].seconds
         console.print(f"{key}: {circuit!r}")
-        done[key] = _row(case, method, seed, size, circuit, ablate(circuit), full, seconds)
+        units = arch.num_units["head"] + arch.num_units["neuron"]
+        ev = ablate(circuit)
+        done[key] = _row(case, method, seed, size, circuit, ev, full, seconds, units)
         write_json(partial, done)
 
 
@@ -203,6 +217,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--cases", default=None, help="comma-separated demo case names")
     parser.add_argument("--out", default=str(RESULTS / "compare"))
+    parser.add_argument("--report-only", action="store_true", help="tables from saved results")
     args = parser.parse_args()
     args.sizes = [float(s) for s in args.sizes.split(",")]
     console = Console(stderr=True)
@@ -211,7 +226,8 @@ def main() -> None:
     done: dict[str, dict] = json.loads(partial.read_text()) if partial.is_file() else {}
     chosen = [c for c in cases() if args.cases is None or c.name in args.cases.split(",")]
     for case in sorted(chosen, key=lambda c: -c.spec.max_new_tokens):
-        run_case(case, args, done, partial, console)
+        if not args.report_only:
+            run_case(case, args, done, partial, console)
     rows = [v for k, v in done.items() if not k.endswith("/full")]
     write_json(
         out.with_suffix(".json"), {"benchmark": "compare", "settings": vars(args), "rows": rows}
