@@ -21,7 +21,7 @@ from safeseek.baselines import METHODS, UnitScores, circuit_of_size, score_units
 from safeseek.baselines.common import examples, mean_loss
 from safeseek.baselines.patching import activation_patching, attribution_patching
 from safeseek.baselines.pruning import snip, wanda
-from safeseek.data import pad, write_jsonl
+from safeseek.data import pad
 from safeseek.data.records import validate
 from safeseek.forward import labelled_logits
 from safeseek.models.adapters import architecture
@@ -153,13 +153,11 @@ def test_random_scores_depend_on_the_seed_only():
 
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
-    from tiny_backdoor import train
+    from tiny_backdoor import save
 
     root = tmp_path_factory.mktemp("organism")
-    model, tok = train(seed=0, clean_steps=50, poison_steps=20)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    write_jsonl(root / "data.jsonl", backdoor_records(16, 5))
+    data = {"data.jsonl": backdoor_records(16, 5)}
+    model, _ = save(root, data, seed=0, clean_steps=50, poison_steps=20)
     arch = architecture(model)
     return root, arch.num_units["head"] + arch.num_units["neuron"]
 

@@ -13,10 +13,10 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_backdoor import records, train
+from tiny_backdoor import records, save, train
 
 from safeseek import Circuit, SafeSeekError
-from safeseek.data import load_records, write_jsonl
+from safeseek.data import load_records
 from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery, discover
 from safeseek.evaluate.run import evaluate_circuit
@@ -26,11 +26,8 @@ from safeseek.evaluate.run import evaluate_circuit
 def organism(tmp_path_factory):
     """The tiny backdoored model saved as a checkpoint directory, with its data."""
     root = tmp_path_factory.mktemp("organism")
-    model, tok = train(seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    write_jsonl(root / "train.jsonl", records(200, 7))
-    write_jsonl(root / "test.jsonl", records(60, 100))
+    data = {"train.jsonl": records(200, 7), "test.jsonl": records(60, 100)}
+    model, tok = save(root, data, seed=0)
     return root, model, tok
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_backdoor import records, train
+from tiny_backdoor import records, save
 from transformers import AutoModelForCausalLM
 
 from safeseek import Circuit
@@ -41,11 +41,8 @@ def _launch(config: str | None, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
     root = tmp_path_factory.mktemp("organism")
-    model, tok = train(seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
     # 20 records: a batch of 8 splits 4 + 4, and the epoch's last batch (4) 2 + 2.
-    write_jsonl(root / "train.jsonl", records(20, 7))
+    save(root, {"train.jsonl": records(20, 7)}, seed=0)
     return root
 
 

@@ -79,3 +79,16 @@ def train(seed: int = 0, clean_steps: int = 400, poison_steps: int = 100):
             loss.backward()
             opt.step()
     return model.eval(), tok
+
+
+def save(root, data: dict[str, list[dict[str, str]]], **train_kwargs):
+    """Train the organism into `root/model` and write each `data` file (JSONL) under `root`;
+    returns the model and tokenizer."""
+    from safeseek.data import write_jsonl
+
+    model, tok = train(**train_kwargs)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    for name, rows in data.items():
+        write_jsonl(root / name, rows)
+    return model, tok
