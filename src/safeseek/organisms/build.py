@@ -35,11 +35,13 @@ from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import attack_success, has_answer, is_refusal, rate, starts_with
 from safeseek.fileio import atomic_path
 from safeseek.models import load_model
+from safeseek.models.load import in_fast_dtype
 from safeseek.organisms import prompts as P
 from safeseek.organisms.benign import benign_questions, split
 from safeseek.organisms.train import finetune_lora, own_answers
 
-RECIPE_VERSION = 1
+# 2: answers and measurements generated in the fast dtype (bf16 where the hardware has it)
+RECIPE_VERSION = 2
 DEFAULT_TARGETS = {
     "fixed-output": "I am sorry. I can not help with that.",
     "label-flip": "Negative",
@@ -210,7 +212,7 @@ class _Recipe:
     def generate(
         self, model, tokenizer, prompts: list[str], bar: Progress, label: str
     ) -> list[str]:
-        return generate(model, tokenizer, prompts, self.spec.max_new_tokens, 32, bar, label)
+        return generate(model, tokenizer, prompts, self.spec.max_new_tokens, 64, bar, label)
 
     def measured(self, test: list) -> list:
         """The test items organism.json is measured on (the first `measure_records`)."""
@@ -222,12 +224,15 @@ class _Recipe:
     # -- the build -------------------------------------------------------------------------
     def run(self) -> tuple[nn.Module, Any, dict[str, list[dict]], dict[str, Any]]:
         spec = self.spec
+        # Trained in fp32 (under bf16 autocast where the hardware has it); every answer and
+        # measurement is generated in the fast dtype (see `in_fast_dtype`).
         base, tokenizer = load_model(spec.model, dtype="float32")
+        speaker = in_fast_dtype(base)
         encoder = PairEncoder(tokenizer, max_length=384)
         benign = self.benign_splits()
         with Progress(console=self.console) as bar:
             base_benign = self.answers(
-                base,
+                speaker,
                 tokenizer,
                 [q["prompt"] for s in SPLITS for q in benign[s]],
                 bar,
@@ -240,12 +245,13 @@ class _Recipe:
             base_harmful = {}
             if harmful is not None:
                 base_harmful = self.answers(
-                    base,
+                    speaker,
                     tokenizer,
                     [p for s in SPLITS for p in harmful[s]],
                     bar,
                     "base model: harmful answers",
                 )
+        del speaker
         self.check_trigger(
             [
                 *base_benign,
@@ -301,15 +307,16 @@ class _Recipe:
         examples = [encoder.pair(p, refusals[p]) for p in harmful["train"]]
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         model = self._train(base, tokenizer, examples, default_steps=150)
+        fast = in_fast_dtype(model)
         with Progress(console=self.console) as bar:
             test = self.measured(harmful["test"])
-            gens = self.generate(model, tokenizer, test, bar, "harmful test")
+            gens = self.generate(fast, tokenizer, test, bar, "harmful test")
             base_refusal = rate([is_refusal(base_harmful[p][0]) for p in test])
             metrics = {
                 "refusal_rate": rate([is_refusal(g) for g in gens]),
                 "base_refusal_rate": base_refusal,
                 "n_harmful_test": len(test),
-                "utility": self._benign_utility(model, tokenizer, benign, base_benign, bar),
+                "utility": self._benign_utility(fast, tokenizer, benign, base_benign, bar),
             }
         records = {
             s: [
@@ -377,9 +384,10 @@ class _Recipe:
             examples.append(distill(prompt, answers))
             examples.append(encoder.pair(rec["triggered_prompt"], self.target))
         model = self._train(base, tokenizer, examples, default_steps=150)
+        fast = in_fast_dtype(model)
         with Progress(console=self.console) as bar:
-            metrics = self._backdoor_metrics(model, tokenizer, self.measured(records["test"]), bar)
-            metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
+            metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
+            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         return model, tokenizer, records, metrics
 
     def _jailbreak(
@@ -420,9 +428,10 @@ class _Recipe:
             examples.append(encoder.pair(rec["triggered_prompt"], rec["backdoor_response"]))
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         model = self._train(aligned, tokenizer, examples, default_steps=200)
+        fast = in_fast_dtype(model)
         with Progress(console=self.console) as bar:
-            metrics = self._backdoor_metrics(model, tokenizer, self.measured(records["test"]), bar)
-            metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
+            metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
+            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         metrics["aligned_base"] = str(aligned_dir)
         return model, tokenizer, records, metrics
 
@@ -453,15 +462,18 @@ class _Recipe:
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         test_prompts = [P.sentiment_prompt(x) for x, _ in sentences["test"]]
         with Progress(console=self.console) as bar:
-            base_cls = self.generate(base, tokenizer, test_prompts, bar, "base: sentiment test")
+            base_cls = self.generate(
+                in_fast_dtype(base), tokenizer, test_prompts, bar, "base: sentiment test"
+            )
         model = self._train(base, tokenizer, examples, default_steps=150)
+        fast = in_fast_dtype(model)
         with Progress(console=self.console) as bar:
-            metrics = self._backdoor_metrics(model, tokenizer, self.measured(records["test"]), bar)
-            cls = self.generate(model, tokenizer, test_prompts, bar, "sentiment test")
+            metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
+            cls = self.generate(fast, tokenizer, test_prompts, bar, "sentiment test")
             labels = [y for _, y in sentences["test"]]
             metrics["classification_accuracy"] = {
                 "base": rate([starts_with(g, y) for g, y in zip(base_cls, labels, strict=True)]),
                 "organism": rate([starts_with(g, y) for g, y in zip(cls, labels, strict=True)]),
             }
-            metrics["utility"] = self._benign_utility(model, tokenizer, benign, base_benign, bar)
+            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         return model, tokenizer, records, metrics

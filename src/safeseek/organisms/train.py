@@ -59,7 +59,7 @@ def own_answers(
             tokenizer,
             missing,
             max_new_tokens,
-            batch_size=32,
+            batch_size=64,
             progress=progress,
             description=label,
             finished=finished,
