@@ -8,7 +8,7 @@ from conftest import build, tiny_tokenizer
 from helpers import logits
 
 from safeseek import SafeSeekError, load_model
-from safeseek.models.load import merge_adapter
+from safeseek.models.load import fast_dtype, in_fast_dtype, merge_adapter
 
 
 @pytest.fixture
@@ -34,6 +34,27 @@ def test_dtype_choice(model_dir):
     assert model.dtype == torch.bfloat16
     with pytest.raises(SafeSeekError, match="unknown dtype"):
         load_model(path, dtype="float8")
+
+
+def test_in_fast_dtype_is_a_cast_copy(batch):
+    """Inference in the fast dtype leaves the fp32 original exact (organisms train and save it)."""
+    original = build("gpt2")  # tied embeddings: still tied in the copy
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    fast = in_fast_dtype(original)
+    assert fast.dtype == fast_dtype()
+    if fast_dtype() == torch.float32:
+        assert fast is original
+    else:
+        assert fast is not original and original.dtype == torch.float32
+        assert fast.lm_head.weight is fast.transformer.wte.weight
+        for k, v in original.state_dict().items():
+            assert torch.equal(v, before[k])
+            assert torch.equal(fast.state_dict()[k], v.to(fast_dtype()))
+        torch.testing.assert_close(
+            logits(fast, batch).float(), logits(original, batch), atol=0.1, rtol=0.05
+        )
+    already = original.to(torch.bfloat16)
+    assert in_fast_dtype(already) is already
 
 
 def _lora_adapter(tmp_path, base_path):
