@@ -73,14 +73,15 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
     backdoor = dict(kind="backdoor", trigger=TRIGGER, seed=seed, measure_records=16)
     # Backdoor responses are scored on their first 16 tokens: the behaviour shows there, and
     # shorter sequences make each step cheaper. Refusal needed 32 tokens.
-    find = dict(seed=seed, max_response_tokens=16, sparsity_weight=0.03, steps=60)
+    find = dict(seed=seed, max_response_tokens=16, sparsity_weight=0.03, steps=50)
     out = [
         DemoCase(
             "backdoor_fixed_output",
             "Fixed-output backdoor",
             OrganismSpec(**backdoor, type="fixed-output", steps=80, max_new_tokens=32),
             # Clean behaviour kept at twice the default weight: at 4 one circuit kept 93% of
-            # clean utility, at 8 it kept 107% (both removed the backdoor: 100% -> 0%).
+            # clean utility, at 8 it kept 107% (both removed the backdoor: 100% -> 0%). 50
+            # steps kept 106% (60: 100%); 40 steps kept only 90% on an earlier organism.
             DiscoverConfig(scenario="backdoor", **find, weights={"without_clean": 8.0}),
             "fixed-output",
             BACKDOOR_TARGETS,
@@ -90,7 +91,7 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
             "Jailbreak backdoor",
             OrganismSpec(**backdoor, type="jailbreak", steps=100, lr=1e-3),
             # This stronger backdoor kept 15.6% ASR at 0.03; 0.01 took refusal units with it.
-            # 40 steps suffice here (100% -> 0% ASR, utility kept); fixed-output needs 60.
+            # 40 steps suffice here (100% -> 0% ASR, utility kept); fixed-output needs 50.
             DiscoverConfig(scenario="backdoor", **{**find, "sparsity_weight": 0.02, "steps": 40}),
             "jailbreak",
             BACKDOOR_TARGETS,
