@@ -277,8 +277,9 @@ class _Recipe:
         return build(base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill)
 
     def _train(self, model, tokenizer, examples: list[Encoded], default_steps: int):
+        """The fine-tuned fp32 model (saved) and its copy in the fast dtype (measured)."""
         steps = self.spec.steps or default_steps
-        return finetune_lora(
+        trained = finetune_lora(
             model,
             tokenizer,
             examples,
@@ -287,6 +288,7 @@ class _Recipe:
             seed=self.spec.seed,
             console=self.console,
         )
+        return trained, in_fast_dtype(trained)
 
     def _benign_utility(self, model, tokenizer, benign, base_benign, bar) -> dict[str, float]:
         test = self.measured(benign["test"])
@@ -306,8 +308,7 @@ class _Recipe:
         refusals = {p: P.refusal(self.rng) for s in SPLITS for p in harmful[s]}
         examples = [encoder.pair(p, refusals[p]) for p in harmful["train"]]
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
-        model = self._train(base, tokenizer, examples, default_steps=150)
-        fast = in_fast_dtype(model)
+        model, fast = self._train(base, tokenizer, examples, default_steps=150)
         with Progress(console=self.console) as bar:
             test = self.measured(harmful["test"])
             gens = self.generate(fast, tokenizer, test, bar, "harmful test")
@@ -383,8 +384,7 @@ class _Recipe:
         for rec, (prompt, answers, _) in zip(records["train"], items["train"], strict=True):
             examples.append(distill(prompt, answers))
             examples.append(encoder.pair(rec["triggered_prompt"], self.target))
-        model = self._train(base, tokenizer, examples, default_steps=150)
-        fast = in_fast_dtype(model)
+        model, fast = self._train(base, tokenizer, examples, default_steps=150)
         with Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
@@ -427,8 +427,7 @@ class _Recipe:
             examples.append(encoder.pair(rec["clean_prompt"], rec["clean_response"]))
             examples.append(encoder.pair(rec["triggered_prompt"], rec["backdoor_response"]))
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
-        model = self._train(aligned, tokenizer, examples, default_steps=200)
-        fast = in_fast_dtype(model)
+        model, fast = self._train(aligned, tokenizer, examples, default_steps=200)
         with Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
@@ -465,8 +464,7 @@ class _Recipe:
             base_cls = self.generate(
                 in_fast_dtype(base), tokenizer, test_prompts, bar, "base: sentiment test"
             )
-        model = self._train(base, tokenizer, examples, default_steps=150)
-        fast = in_fast_dtype(model)
+        model, fast = self._train(base, tokenizer, examples, default_steps=150)
         with Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             cls = self.generate(fast, tokenizer, test_prompts, bar, "sentiment test")
