@@ -505,6 +505,12 @@ def main() -> None:
     except SafeSeekError as exc:
         console.print(f"[red]safeseek: error:[/red] {exc}", highlight=False)
         sys.exit(1)
+    except SystemExit as exc:  # how typer ends every command
+        if exc.code in (None, 0):
+            from safeseek.distributed import end_launched_process
+
+            end_launched_process()
+        raise
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ layers, the decoder stack and an untied output embedding are sharded with PyTorc
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from accelerate import PartialState
@@ -90,6 +91,28 @@ def sum_gradients(params: list[nn.Parameter]) -> None:
 
 def is_sharded(model: nn.Module) -> bool:
     return any(hasattr(p, "device_mesh") for p in model.parameters())
+
+
+def end_launched_process() -> None:
+    """End this process of a multi-process launch once all are done (no-op in a single one).
+
+    Every process waits for the others, so the main one has written its files, closes the
+    group, and exits without Python's interpreter shutdown: gloo's worker threads free
+    finished collectives, whose tensors belong to Python, in the background, and one doing
+    so while the interpreter shuts down aborts the process ("terminate called without an
+    active exception", pytorch/pytorch#179291) and fails a run whose files are all written.
+    FSDP keeps the group alive past `destroy_process_group` (its device mesh and DTensor's
+    caches hold it), so its threads cannot be joined first.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
