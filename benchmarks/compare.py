@@ -162,6 +162,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
     test = eval_subset(load_records(org / "data" / "test.jsonl", scenario), args.records)
     model, tok = load_model(str(org), dtype=fast_dtype())
     arch = architecture(model)
+    units = arch.num_units["head"] + arch.num_units["neuron"]
 
     def ablate(circuit: Circuit, views=("without_circuit",)) -> dict:
         ev, _ = evaluate_circuit(
@@ -201,9 +202,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
             circuit = circuit_of_size(scores[(method, seed)], arch, size)
             seconds = scores[(method, seed)].seconds
         console.print(f"{key}: {circuit!r}")
-        units = arch.num_units["head"] + arch.num_units["neuron"]
-        ev = ablate(circuit)
-        done[key] = _row(case, method, seed, size, circuit, ev, full, seconds, units)
+        done[key] = _row(case, method, seed, size, circuit, ablate(circuit), full, seconds, units)
         write_json(partial, done)
 
 
