@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from safeseek.errors import SafeSeekError
-from safeseek.evaluate.generation import chat_prompt
 from safeseek.forward import IGNORE
 
 
@@ -27,6 +26,15 @@ class Encoded:
     def unscored(self) -> Encoded:
         """The same tokens with no labels: a stand-in row that adds nothing to a loss."""
         return Encoded(self.input_ids, [IGNORE] * len(self.labels))
+
+
+def chat_prompt(tokenizer: Any, prompt: str) -> str:
+    """`prompt` as a user turn in the tokenizer's chat template (plain text without one)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
 
 
 def end_of_turn_id(tokenizer: Any) -> int | None:

@@ -9,14 +9,7 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
-
-def chat_prompt(tokenizer: Any, prompt: str) -> str:
-    """`prompt` as a user turn in the tokenizer's chat template (plain text without one)."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt
+from safeseek.data.encode import chat_prompt, end_of_turn_id
 
 
 @torch.no_grad()
@@ -32,14 +25,16 @@ def generate(
 ) -> list[str]:
     """Greedy completions of `prompts` (chat-templated), left-padded in batches.
 
-    When `finished` is a list, it receives per prompt whether the model ended its answer
-    before `max_new_tokens` (rather than being cut off)."""
+    An answer ends at the model's EOS or at the chat template's end of turn, whichever comes
+    first; nothing after it is returned (decoding drops special tokens, so text generated after
+    the turn would otherwise be glued onto the answer). When `finished` is a list, it receives
+    per prompt whether the model ended its answer before `max_new_tokens`."""
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     task = progress.add_task(description, total=len(texts)) if progress else None
     device = next(model.parameters()).device
     outputs: list[str] = []
-    stops = set(_stop_ids(model, tokenizer)) if finished is not None else set()
+    stops = _stop_ids(model, tokenizer)
     try:
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(
@@ -53,19 +48,24 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stops,
             )
-            new = out[:, enc["input_ids"].shape[1] :]
-            outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
-            if finished is not None:
-                finished += [any(int(t) in stops for t in row) for row in new]
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
+                end = next((j for j, t in enumerate(row) if t in stops), None)
+                outputs.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+                if finished is not None:
+                    finished.append(end is not None)
             if progress is not None:
-                progress.advance(task, len(new))
+                progress.advance(task, len(out))
     finally:
         tokenizer.padding_side = side
     return [o.strip() for o in outputs]
 
 
 def _stop_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """The model's EOS id(s) and the chat template's end-of-turn id."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos = eos if eos is not None else tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    ids.append(end_of_turn_id(tokenizer))
+    return list(dict.fromkeys(i for i in ids if i is not None))
