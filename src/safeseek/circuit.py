@@ -92,6 +92,11 @@ class Circuit:
     def intersection(self, other: Circuit) -> Circuit:
         return self._combine(other, "&")
 
+    def jaccard(self, other: Circuit) -> float:
+        """Overlap of the two unit sets, |A & B| / |A | B| (1.0 for two empty circuits)."""
+        union = len(self.union(other))
+        return len(self.intersection(other)) / union if union else 1.0
+
     def difference(self, other: Circuit) -> Circuit:
         return self._combine(other, "-")
 

@@ -18,7 +18,7 @@ from safeseek.circuit import Circuit
 from safeseek.data.records import BACKDOOR_TYPES, check_scenario
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.generation import generate
-from safeseek.evaluate.metrics import attack_success, correct, rate
+from safeseek.evaluate.metrics import attack_success, correct, rate, summary
 from safeseek.masking import MaskedModel
 
 VIEWS = ("full", "without_circuit", "circuit_only")
@@ -91,9 +91,11 @@ def evaluate_circuit(
     batch_size: int = 32,
     console: Console | None = None,
     views: Sequence[str] = VIEWS,
+    masked_model: MaskedModel | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """EVAL.json's content (DESIGN §4) and every generation behind it; `views` picks which of
-    full / without_circuit / circuit_only are generated (all by default)."""
+    full / without_circuit / circuit_only are generated (all by default). `masked_model`: the
+    circuit's own (idle) MaskedModel, e.g. discovery's with its means, instead of a new one."""
     start = time.perf_counter()
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
@@ -105,8 +107,12 @@ def evaluate_circuit(
     granularities = [g for g in ("head", "neuron", "layer") if circuit.units(g)]
     granularities = meta.get("granularities") or granularities or ["head", "neuron"]
     ablation = meta.get("ablation", "zero")
-    mm = MaskedModel(model, granularities=granularities, ablation=ablation)
-    if ablation == "mean":
+    if masked_model is not None:
+        mm = masked_model
+        granularities, ablation = list(mm.granularities), mm.ablation
+    else:
+        mm = MaskedModel(model, granularities=granularities, ablation=ablation)
+    if ablation == "mean" and masked_model is None:
         if masks_path is None or not Path(masks_path).is_file():
             raise SafeSeekError(
                 "the circuit uses mean ablation: its masks.safetensors (with the reference "
@@ -121,8 +127,11 @@ def evaluate_circuit(
     }
     rows: list[dict[str, Any]] = []
     asr: dict[str, float] = {}
+    asr_exact: dict[str, float] = {}  # fixed-output: the target string itself
     false_trigger: dict[str, float] = {}
     utility: dict[str, float] = {}
+    # Every rate's count and 95% Wilson interval: {"asr": {view: summary(...)}, ...}
+    intervals: dict[str, dict[str, Any]] = {"asr": {}, "false_trigger": {}, "utility": {}}
     with Progress(console=console or Console(stderr=True)) as bar:
 
         def run(view: str, items: list[dict[str, Any]], label: str) -> list[str]:
@@ -134,8 +143,12 @@ def evaluate_circuit(
 
         for view in (v for v in VIEWS if v in views):
             gens = run(view, probe.attack, "attack")
-            hits = attack_success(probe.kind, gens, [it["target"] for it in probe.attack])
+            targets = [it["target"] for it in probe.attack]
+            hits = attack_success(probe.kind, gens, targets)
             asr[view] = rate(hits)
+            intervals["asr"][view] = summary(hits)
+            if probe.kind == "fixed-output":
+                asr_exact[view] = rate(attack_success("fixed-output-exact", gens, targets))
             rows += [
                 {"view": view, "set": "attack", "i": i, **it, "generation": g, "success": h}
                 for i, (it, g, h) in enumerate(zip(probe.attack, gens, hits, strict=True))
@@ -149,6 +162,7 @@ def evaluate_circuit(
                 gens = utility_gens if same else run(view, probe.clean, "clean")
                 hits = attack_success(probe.kind, gens, [it["target"] for it in probe.clean])
                 false_trigger[view] = rate(hits)
+                intervals["false_trigger"][view] = summary(hits)
             if probe.utility:
                 gens = utility_gens
                 if view == "full":  # references default to the full model's own answers
@@ -159,6 +173,7 @@ def evaluate_circuit(
                     for it, g in zip(probe.utility, gens, strict=True)
                 ]
                 utility[view] = rate(ok)
+                intervals["utility"][view] = summary(ok)
                 rows += [
                     {"view": view, "set": "utility", "i": i, **it, "generation": g, "correct": c}
                     for i, (it, g, c) in enumerate(zip(probe.utility, gens, ok, strict=True))
@@ -186,4 +201,7 @@ def evaluate_circuit(
     }
     if false_trigger:
         result["false_trigger"] = false_trigger
+    if asr_exact:
+        result["asr_exact"] = asr_exact
+    result["intervals"] = {k: v for k, v in intervals.items() if v}
     return result, rows
