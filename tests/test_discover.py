@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 from tiny_backdoor import records, save, train
 
 from safeseek import Circuit, SafeSeekError
-from safeseek.data import load_records
+from safeseek.data.encode import chat_prompt
 from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery, discover
+from safeseek.evaluate.generation import generate
 from safeseek.evaluate.run import evaluate_circuit
 
 
@@ -43,20 +44,43 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def test_circuit_removes_the_backdoor_and_keeps_the_clean_task(organism):
-    root, model, tok = organism
-    train_recs = load_records(root / "train.jsonl", "backdoor")
-    test_recs = load_records(root / "test.jsonl", "backdoor")
-    result = discover(model, tok, train_recs, DiscoverConfig("backdoor", steps=150), progress=False)
-    assert not result.circuit.is_empty()
-    assert result.circuit.sparsity(model)["overall"] < 0.15
-    ev, rows = evaluate_circuit(model, tok, result.circuit, "backdoor", test_recs, max_new_tokens=4)
-    assert ev["asr"]["full"] >= 0.95
-    assert ev["asr"]["without_circuit"] <= 0.1 * ev["asr"]["full"]  # >= 90% removed
-    assert ev["utility"]["full"] >= 0.95
-    assert ev["utility"]["retention"] >= 0.95
-    assert ev["false_trigger"]["full"] <= 0.05
-    assert {r["view"] for r in rows} == {"full", "without_circuit", "circuit_only"}
+# Organism seeds for the learned-outcome test: an outcome of training on a CPU's float kernels,
+# asserted over several seeds (.ci/run runs this file again under other kernels).
+ORGANISM_SEEDS = (0, 1, 2)
+
+
+def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
+    """Default discovery on three tiny organisms, each circuit measured on 60 test prompts
+    (behavioural ASR). At least two of the three remove >= 90% of it with >= 95% of utility
+    kept (benchmarks/robustness.py: these three succeed for both discovery seeds under the
+    default, avx2 and avx512 kernels; 13-15 of 20 across all ten organisms), and a circuit that
+    leaves half of the behaviour in place says so in its own check."""
+    train_recs = [validate(r, "backdoor", "t") for r in records(200, 7)]
+    test_recs = [validate(r, "backdoor", "t") for r in records(60, 100)]
+    outcomes = []
+    for seed in ORGANISM_SEEDS:
+        model, tok = train(seed=seed)
+        result = discover(model, tok, train_recs, DiscoverConfig("backdoor"), progress=False)
+        assert not result.circuit.is_empty()
+        # Growth rounds (at most 2) enlarge a circuit that fails; it stays a part of the model.
+        assert result.circuit.sparsity(model)["overall"] < 0.35
+        ev, rows = evaluate_circuit(
+            model, tok, result.circuit, "backdoor", test_recs, max_new_tokens=4
+        )
+        assert ev["asr"]["full"] >= 0.95 and ev["utility"]["full"] >= 0.95
+        assert ev["false_trigger"]["full"] <= 0.05
+        assert {r["view"] for r in rows} == {"full", "without_circuit", "circuit_only"}
+        removed = 1 - ev["asr"]["without_circuit"] / ev["asr"]["full"]
+        kept = ev["utility"]["retention"]
+        check = result.check
+        assert check is not None and check["n"] > 0
+        assert result.circuit.metadata["check"] == check
+        outcomes.append((seed, repr(result.circuit), round(removed, 3), round(kept, 3), check))
+        if removed < 0.5 or kept < 0.8:
+            assert not check["passed"], outcomes[-1]
+    assert sum(removed >= 0.9 and kept >= 0.95 for _, _, removed, kept, _ in outcomes) >= 2, (
+        outcomes
+    )
 
 
 def test_cli_discover_then_evaluate(organism, tmp_path):
@@ -82,11 +106,18 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
         p.name for p in run.iterdir()
     }
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == list(range(1, 151))
-    assert {"without_triggered", "without_backdoor", "without_clean"} <= set(log[-1]["terms"])
     meta = json.loads((run / "circuit.json").read_text())["metadata"]
+    assert [e["step"] for e in log] == list(range(1, meta["selection"]["steps_run"] + 1))
+    assert {"without_triggered", "without_backdoor", "without_clean"} <= set(log[-1]["terms"])
+    checked = [e for e in log if "validation" in e]
+    assert [e["step"] % 10 for e in checked[:-1]] == [0] * (len(checked) - 1)
+    assert meta["selection"]["selected_step"] in {e["step"] for e in checked}
     assert meta["seed"] == 0 and len(meta["data_hash"]) == 64
     assert meta["settings"]["steps"] == 150
+    # The last line says what the check measured on the held-out records.
+    last = proc.stderr.strip().replace("\n", " ").split("circuit: Circuit(")[-1]
+    assert "held-out records" in last and ("check passed" in last or "CHECK FAILED" in last)
+    assert log[-1]["check"] == meta["check"]
 
     eval_path = tmp_path / "EVAL.json"
     proc = _cli(
@@ -110,8 +141,16 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
     assert set(ev["utility"]) == {"full", "without_circuit", "retention"}
     assert set(ev["sparsity"]) == {"head", "neuron", "overall"}
     assert ev["n"] == 60
-    assert ev["asr"]["without_circuit"] <= 0.1 * ev["asr"]["full"]
-    assert ev["utility"]["retention"] >= 0.95
+    assert ev["asr"]["full"] >= 0.95
+    removed = 1 - ev["asr"]["without_circuit"] / ev["asr"]["full"]
+    if removed < 0.9 or ev["utility"]["retention"] < 0.95:
+        assert meta["check"]["passed"] is False, (ev, meta["check"])
+    # Every rate with its count and 95% interval; the exact-string ASR beside the behavioural.
+    asr = ev["intervals"]["asr"]["without_circuit"]
+    assert asr["n"] == 60 and asr["rate"] == ev["asr"]["without_circuit"]
+    assert asr["ci95"][0] <= asr["rate"] <= asr["ci95"][1]
+    assert set(ev["intervals"]) == {"asr", "false_trigger", "utility"}
+    assert ev["asr_exact"]["without_circuit"] <= ev["asr"]["without_circuit"]
     gens = eval_path.with_suffix(".generations.jsonl").read_text().splitlines()
     assert len(gens) == 60 * 3 + 60 * 2
 
@@ -136,7 +175,12 @@ def test_killed_run_resumes_to_the_same_masks(organism, tmp_path):
         "float32",
         "--parametrization",
         "hard_concrete",
-    ]  # stochastic gates: seeds must line up too
+        "--patience",
+        "0",
+        "--retries",
+        "0",
+    ]  # stochastic gates: seeds must line up too; every step runs, and the best circuit on
+    # the validation split is carried through the checkpoints
     whole = tmp_path / "whole"
     assert _cli(*common, "--out", str(whole)).returncode == 0
 
@@ -194,6 +238,49 @@ def test_existing_run_and_changed_settings_are_refused(organism, tmp_path):
     assert proc.returncode == 1 and "lr differ" in proc.stderr
 
 
+def test_a_circuit_that_does_not_carry_the_behaviour_says_so(organism, tmp_path):
+    """A planted failure: a penalty so high that the circuit stays empty. The run ends with
+    one line that says the check failed, and --strict makes that the exit status."""
+    root, _, _ = organism
+    common = [
+        "discover",
+        "--model",
+        str(root / "model"),
+        "--data",
+        str(root / "train.jsonl"),
+        "--steps",
+        "20",
+        "--sparsity-weight",
+        "1000",
+        "--retries",
+        "0",
+        "--dtype",
+        "float32",
+    ]
+    proc = _cli(*common, "--out", str(tmp_path / "lenient"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("CHECK FAILED")]
+    assert len(failed) == 1 and "0% removed" in failed[0], proc.stderr
+    meta = json.loads((tmp_path / "lenient" / "circuit.json").read_text())["metadata"]
+    assert meta["check"]["passed"] is False and meta["check"]["removed"] == 0
+    proc = _cli(*common, "--out", str(tmp_path / "strict"), "--strict")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert (tmp_path / "strict" / "circuit.json").is_file()  # the result is still written
+
+
+def test_a_circuit_that_removes_too_little_is_grown(organism):
+    """With a penalty that stops the first round at an empty circuit, the failed removal
+    check starts a second round at a quarter of the weight, which finds the circuit."""
+    _, model, tok = organism
+    recs = [validate(r, "backdoor", "t") for r in records(120, 3)]
+    config = DiscoverConfig("backdoor", steps=60, sparsity_weight=2.0, retries=3)
+    run = Discovery(model, tok, recs, config, progress=False)
+    result = run.run()
+    assert result.circuit.metadata["selection"]["rounds"] > 1
+    assert run.sparsity.weight == 2.0 * 0.25**run.round
+    assert not result.circuit.is_empty()
+
+
 def test_non_finite_loss_stops_with_a_message():
     broken, tok = train(seed=0, clean_steps=1, poison_steps=0)
     with torch.no_grad():
@@ -215,6 +302,9 @@ def test_non_finite_loss_stops_with_a_message():
         ("", [], "bad.jsonl: no records"),
         (None, ["--max-length", "8"], "over the context budget of 8"),
         (None, ["--scenario", "poison"], "unknown scenario 'poison'"),
+        (None, ["--steps", "-3"], "steps must be at least 1 (got -3)"),
+        (None, ["--sparsity-weight", "-1"], "sparsity weight must be >= 0"),
+        (None, ["--sparsity-target", "3"], "sparsity target is a fraction of units in (0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(organism, tmp_path, content, extra, message):
@@ -275,3 +365,21 @@ def test_mean_ablation_run_carries_its_means_to_evaluation(organism, tmp_path):
     assert ev["settings"]["ablation"] == "mean"
     with pytest.raises(SafeSeekError, match="mean ablation"):
         evaluate_circuit(model, tok, circuit, "backdoor", recs, max_new_tokens=2)
+
+
+def test_generation_ends_at_the_chat_templates_end_of_turn(organism):
+    """The tiny organism's turn ends with <|end|>, its EOS is </s>: an answer is what comes
+    before the first of either, never text generated after the turn ended."""
+    _, model, tok = organism
+    prompts = [f"what is {x} ?" for x in "abc"]
+    finished: list[bool] = []
+    answers = generate(model, tok, prompts, max_new_tokens=6, finished=finished)
+    assert answers == ["b", "c", "d"] and finished == [True] * 3
+    # By hand: greedy continuation, cut at the first end-of-turn token.
+    end = tok.convert_tokens_to_ids("<|end|>")
+    for prompt, answer in zip(prompts, answers, strict=True):
+        ids = tok(chat_prompt(tok, prompt), return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
+        assert end in new
+        assert tok.decode(new[: new.index(end)], skip_special_tokens=True).strip() == answer

@@ -74,8 +74,16 @@ def test_two_processes_find_the_circuit_one_process_finds(organism, single, tmp_
     assert a.counts() == b.counts()
     assert all(a.units(g) == b.units(g) for g in ("head", "neuron"))
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == list(range(1, 31))  # one process writes the log
+    log_one = [json.loads(line) for line in (one_out / "log.jsonl").read_text().splitlines()]
+    # The same steps, rounds and checks (one process writes the log); the circuit kept is
+    # checked by the same greedy generations.
+    assert [e["step"] for e in log] == [e["step"] for e in log_one]
+    assert [e.get("check") for e in log] == [e.get("check") for e in log_one]
     assert {e["processes"] for e in log} == {2}
+    sel_a, sel_b = dict(a.metadata["selection"]), dict(b.metadata["selection"])
+    # Losses summed over processes in another order: equal to rounding.
+    assert abs(sel_a.pop("validation_loss") - sel_b.pop("validation_loss")) < 1e-4
+    assert sel_a == sel_b
 
 
 def _tune(organism: Path, circuit: Path, out: Path, config: str | None) -> None:

@@ -13,6 +13,7 @@ from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery
 from safeseek.forward import labelled_logits
 from safeseek.objectives import objective, term_loss
+from safeseek.objectives.base import ONSET_TOKENS
 
 
 def test_term_losses_against_hand_computation():
@@ -21,8 +22,29 @@ def test_term_losses_against_hand_computation():
     targets = torch.randint(0, 11, (5,))
     p = logits.softmax(-1)
     assert torch.allclose(term_loss("ce", logits, targets), -p[range(5), targets].log().mean())
-    want = -(1 - p[range(5), targets]).log().mean()
-    assert torch.allclose(term_loss("unlikely", logits, targets), want)
+
+    # unlikely: per row, the mean over k of -log(1 - P_k), P_k the joint probability of its
+    # first k tokens, k up to ONSET_TOKENS (rows of 2 and 3 positions here: whole rows).
+    def by_hand(token_p: torch.Tensor) -> torch.Tensor:
+        k = min(len(token_p), ONSET_TOKENS)
+        return sum(-(1 - token_p[: j + 1].prod()).log() for j in range(k)) / k
+
+    token_p = p[range(5), targets].double()
+    want = ((by_hand(token_p[:2]) + by_hand(token_p[2:])) / 2).float()
+    got = term_loss("unlikely", logits, targets, lengths=[2, 3])
+    assert torch.allclose(got, want), (got, want)
+    # A row longer than the onset: only its first ONSET_TOKENS tokens count.
+    n = ONSET_TOKENS + 3
+    long_logits, long_targets = torch.randn(n, 11), torch.randint(0, 11, (n,))
+    token_p = long_logits.softmax(-1)[range(n), long_targets].double()
+    got = term_loss("unlikely", long_logits, long_targets, lengths=[n])
+    assert torch.allclose(got, by_hand(token_p).float())
+    # Breaking a later token does not make the behaviour unlikely: the first token still counts.
+    sure_first = torch.tensor([[9.0, 0.0], [0.0, 9.0]])  # p(first) ~ 1, p(second) ~ 0
+    assert term_loss("unlikely", sure_first, torch.tensor([0, 0]), lengths=[2]) > 4
+    # Rows without labels add nothing and are not counted.
+    got = term_loss("unlikely", logits, targets, lengths=[2, 0, 3])
+    assert torch.allclose(got, want)
     ref = torch.randn(5, 11).log_softmax(-1)
     kl = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).mean()
     assert torch.allclose(term_loss("kl", logits, targets, ref), kl, atol=1e-6)
@@ -67,5 +89,6 @@ def test_batched_view_losses_equal_separate_passes():
                     ref = F.log_softmax(labelled_logits(model, **batch)[0], -1)
             with run.mm.learned(complement=view == "only"):
                 logits, targets = labelled_logits(model, **batch)
-            want = term_loss(term.loss, logits, targets, ref)
+            lengths = [e.scored for e in (ex[term.name] for ex in run.examples)]
+            want = term_loss(term.loss, logits, targets, ref, lengths=lengths)
             torch.testing.assert_close(got[term.name], want, atol=1e-5, rtol=1e-5)

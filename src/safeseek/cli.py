@@ -15,6 +15,8 @@ from safeseek.errors import SafeSeekError
 from safeseek.settings import DiscoverConfig
 
 _D = DiscoverConfig(scenario="backdoor")  # defaults shown in --help
+# Exit status of `discover --strict` when the circuit fails its check (1: bad input).
+CHECK_FAILED = 3
 
 app = typer.Typer(
     add_completion=False,
@@ -134,13 +136,35 @@ def discover(
     gradient_checkpointing: Annotated[
         bool, typer.Option(help="recompute each layer in backward: less memory, more time")
     ] = False,
+    validation_fraction: Annotated[
+        float,
+        typer.Option(help="share of each record kind held out to pick and check the circuit"),
+    ] = _D.validation_fraction,
+    min_removal: Annotated[
+        float, typer.Option(help="check: share of the behaviour removing the circuit must take")
+    ] = _D.min_removal,
+    min_utility: Annotated[
+        float, typer.Option(help="check: share of clean utility the ablated model must keep")
+    ] = _D.min_utility,
+    retries: Annotated[
+        int, typer.Option(help="rounds that grow a circuit failing the removal check")
+    ] = _D.retries,
+    patience: Annotated[
+        int, typer.Option(help="checks without a better circuit before a round stops (0: never)")
+    ] = _D.patience or 0,
+    strict: Annotated[
+        bool, typer.Option(help=f"exit with status {CHECK_FAILED} when the circuit fails its check")
+    ] = False,
 ) -> None:
     """Find the circuit that carries a behaviour; writes OUT/circuit.json, masks, log.
+
+    The circuit kept is the best one on held-out records; it is then checked there by
+    generation (the behaviour with and without it), and the last line says whether it passed.
 
     Several processes: `accelerate launch --config_file CONFIG -m safeseek discover ...`
     (configs in examples/accelerate: data parallel, or FSDP-sharded weights)."""
     from safeseek.data import data_hash, load_records
-    from safeseek.discover import Discovery
+    from safeseek.discover import Discovery, describe
 
     term_weights = _parse_weights(weights)
     records = load_records(data, scenario)
@@ -164,6 +188,11 @@ def discover(
         max_length=max_length,
         max_response_tokens=max_response_tokens or None,
         weights=term_weights,
+        validation_fraction=validation_fraction,
+        min_removal=min_removal,
+        min_utility=min_utility,
+        retries=retries,
+        patience=patience or None,
     )
     lm, tok = _load_for(model, dtype, adapter)
     run = Discovery(
@@ -181,6 +210,10 @@ def discover(
     c = result.circuit
     frac = c.sparsity(run.mm)["overall"]
     console.print(f"circuit: {c!r} = {frac:.3%} of units, {result.seconds:.0f} s; wrote {out}/")
+    if result.check is not None:
+        console.print(describe(result.check))
+    if strict and result.failed_check:
+        raise typer.Exit(CHECK_FAILED)
 
 
 BASELINE_SIZE = 0.005

@@ -55,6 +55,11 @@ class DiscoverResult:
     masked_model: MaskedModel
     steps: int
     seconds: float
+    check: dict[str, Any] | None = None  # see `judge`; None: nothing held out to check on
+
+    @property
+    def failed_check(self) -> bool:
+        return self.check is not None and not self.check["passed"]
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -128,8 +133,14 @@ class Discovery:
             raise SafeSeekError("every objective term has weight 0: nothing to optimise")
         encoder = PairEncoder(tokenizer, config.max_length, config.max_response_tokens)
         where = [r.get("_where", f"record {i + 1}") for i, r in enumerate(records)]
-        self.examples = self.objective.encode(records, encoder, where)
-        fed = {name for ex in self.examples for name in ex}
+        examples = self.objective.encode(records, encoder, where)
+        fed = {name for ex in examples for name in ex}
+        train, held_out = validation_split(
+            [r["kind"] for r in records], config.validation_fraction, config.validation_max
+        )
+        self.examples = [examples[i] for i in train]
+        self.val_examples = [examples[i] for i in held_out]
+        self.val_records = [records[i] for i in held_out]
         self.terms = [t for t in self.objective.active if t.name in fed]
         self.skipped = [t.name for t in self.objective.active if t.name not in fed]
         if not self.terms:
@@ -149,6 +160,18 @@ class Discovery:
         self.lagrangian = torch.optim.Adam(self.sparsity.parameters(), lr=config.lagrangian_lr)
         self.batcher = _Batcher(len(self.examples), config.batch_size, config.seed)
         self.step = 0
+        # Keep the best circuit on the validation split (penalty mode; a sparsity target
+        # fixes the size, and the Lagrangian needs the whole run to reach it).
+        self.selecting = bool(self.val_examples) and config.sparsity_target is None
+        self.best: dict[str, Any] | None = None  # loss, step, logits of the best check
+        self.stale_checks = 0
+        self.stopped = False  # this round stopped improving
+        # A round ends after `steps` steps or when it stops improving; a circuit that fails
+        # its check on removal starts another round with a lower sparsity weight.
+        self.round = 0
+        self.round_start = 0
+        self.done = False
+        self.verdict: dict[str, Any] | None = None
         self.checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             enable_checkpointing(model)
@@ -188,7 +211,7 @@ class Discovery:
         batch: the gradients summed over processes are those of one process on the batch.
         """
         rank, world = rank_and_world()
-        spans: list[tuple[Term, int, int]] = []  # (term, rows here, labelled in the batch)
+        spans: list[tuple[Term, int, int]] = []  # (term, rows here, its count in the batch)
         rows: list[Encoded] = []  # grouped by term, in this order
         for t in self.terms:
             mine = [ex[t.name] for ex in examples if t.name in ex] if t.view == view else []
@@ -196,7 +219,7 @@ class Discovery:
                 # A process without rows of a term still joins every forward pass (FSDP
                 # gathers weights collectively) with a copy that has no labels.
                 local = mine[rank::world] or [mine[0].unscored()]
-                spans.append((t, len(local), sum(e.scored for e in mine)))
+                spans.append((t, len(local), _count(t, examples)))
                 rows += local
         if not rows:
             return {}
@@ -222,7 +245,10 @@ class Discovery:
                     ref = reference[ref_pos : ref_pos + n_pos]
                     ref_pos += n_pos
                 sl = slice(pos, pos + n_pos)
-                losses[t.name] = term_loss(t.loss, logits[sl], targets[sl], ref, total=total)
+                lengths = positions[row : row + n_rows]
+                losses[t.name] = term_loss(
+                    t.loss, logits[sl], targets[sl], ref, total=total, lengths=lengths
+                )
                 row, pos = row + n_rows, pos + n_pos
             if backward:
                 loss = sum(self._term(n).weight * v for n, v in losses.items())
@@ -237,6 +263,117 @@ class Discovery:
 
     def _term(self, name: str):
         return next(t for t in self.terms if t.name == name)
+
+    # -- validation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The objective of the binarised circuit (deterministic masks) on the held-out
+        records: the weighted terms, each a mean over the whole split, plus the sparsity
+        penalty of its size."""
+        self.mm.eval()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        size = self.batcher.batch_size
+        for i in range(0, len(self.val_examples), size):
+            chunk = self.val_examples[i : i + size]
+            for view in ("without", "only"):
+                losses = self._view_losses(view, chunk)
+                if not losses:
+                    continue
+                values = sum_over_processes(torch.stack([v.float() for v in losses.values()]))
+                for name, value in zip(losses, values.tolist(), strict=True):
+                    n = _count(self._term(name), chunk)
+                    sums[name] = sums.get(name, 0.0) + value * n
+                    counts[name] = counts.get(name, 0) + n
+        loss = sum(self._term(n).weight * sums[n] / max(counts[n], 1) for n in sums)
+        if self.config.sparsity_target is None:
+            units = sum(int(m.hard().sum()) for m in self.mm.masks.values())
+            loss += self.sparsity.weight * units
+        return float(loss)
+
+    def check(self) -> dict[str, Any]:
+        """Measure the current circuit on the validation split, keep it if it is the best so
+        far, and decide whether the run has stopped improving."""
+        loss = self.validation_loss()
+        improved = self.best is None or loss < self.best["loss"] - MIN_IMPROVEMENT
+        if improved:
+            logits = {g: m.logits.detach().clone() for g, m in self.mm.masks.items()}
+            self.best = {"loss": loss, "step": self.step, "logits": logits}
+            self.stale_checks = 0
+        else:
+            self.stale_checks += 1
+        patience = self.config.patience
+        if (
+            self.selecting
+            and patience is not None
+            and self.step >= self.config.min_steps
+            and self.stale_checks >= patience
+        ):
+            self.stopped = True
+        assert self.best is not None
+        return {"loss": loss, "best_loss": self.best["loss"], "best_step": self.best["step"]}
+
+    def verify(self) -> dict[str, Any] | None:
+        """The kept circuit measured on the validation records by greedy generation: the
+        behaviour and utility under the full model, without the circuit and with it alone, and
+        whether it passes the check (None: no held-out record shows the behaviour's probe)."""
+        from safeseek.evaluate.run import evaluate_circuit  # evaluate imports little; lazily
+
+        circuit = self.mm.circuit()
+        quiet = Console(quiet=True)  # inside discovery's own progress bar, which says so
+        try:
+            ev, _ = evaluate_circuit(
+                self.model,
+                self.tokenizer,
+                circuit,
+                self.config.scenario,
+                self.val_records,
+                max_new_tokens=self.config.check_tokens,
+                batch_size=max(8, self.batcher.batch_size),
+                console=quiet,
+                masked_model=self.mm,
+            )
+        except SafeSeekError:  # e.g. no held-out record of the behaviour's kind
+            return None
+        return judge(ev, self.config)
+
+    def end_round(self) -> dict[str, Any] | None:
+        """Keep the round's best circuit and check it; grow it in a new round with a lower
+        sparsity weight when it removes too little of the behaviour, else the run is done."""
+        self.restore_best()
+        verdict = self.verify() if self.val_records else None
+        grow = (
+            verdict is not None
+            and not verdict["removal_ok"]
+            and verdict["behaviour"]["full"] > 0
+            and self.selecting
+            and self.round < self.config.retries
+        )
+        if grow:
+            self.round += 1
+            self.round_start = self.step
+            self.sparsity.weight = self._round_weight()
+            self.best, self.stale_checks, self.stopped = None, 0, False
+            # Units outside the circuit start again from the initial logit: a high penalty
+            # may have pushed them far below it, and growing must not wait for them.
+            with torch.no_grad():
+                for m in self.mm.masks.values():
+                    m.logits.clamp_(min=self.config.init_logit)
+        else:
+            self.done = True
+        self.verdict = verdict
+        return verdict
+
+    def _round_weight(self) -> float:
+        assert self.config.sparsity_weight is not None
+        return self.config.sparsity_weight * self.config.retry_factor**self.round
+
+    @torch.no_grad()
+    def restore_best(self) -> None:
+        """Put the best circuit's logits back into the masks (a no-op when not selecting)."""
+        if self.selecting and self.best is not None:
+            for g, m in self.mm.masks.items():
+                m.logits.copy_(self.best["logits"][g])
 
     def train_step(self) -> dict[str, Any]:
         torch.manual_seed(_step_seed(self.config.seed, self.step))
@@ -282,6 +419,8 @@ class Discovery:
     def save_checkpoint(self) -> None:
         assert self.out is not None
         tensors: dict[str, torch.Tensor] = {"lambdas": self.sparsity.lambdas.detach().cpu()}
+        if self.best is not None:
+            tensors.update({f"best.{g}": v.cpu() for g, v in self.best["logits"].items()})
         groups = {}
         for name, opt in (("opt", self.optimizer), ("lagrangian", self.lagrangian)):
             state = opt.state_dict()
@@ -289,7 +428,18 @@ class Discovery:
                 for key, value in entry.items():
                     tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value).detach().cpu()
             groups[name] = state["param_groups"]
-        meta = {"version": CHECKPOINT_VERSION, "step": self.step, **self._settings()}
+        meta = {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "stopped": self.stopped,
+            "stale_checks": self.stale_checks,
+            "round": self.round,
+            "round_start": self.round_start,
+            "done": self.done,
+            "verdict": self.verdict,
+            "best": None if self.best is None else {k: self.best[k] for k in ("loss", "step")},
+            **self._settings(),
+        }
         with atomic_path(self.out / "checkpoint") as tmp:
             tmp.mkdir()
             self.mm.save_masks(tmp / "masks.safetensors")
@@ -331,6 +481,17 @@ class Discovery:
                     state.setdefault(int(idx), {})[field_name] = value
             opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
         self.step = int(meta["step"])
+        self.stopped = bool(meta.get("stopped", False))
+        self.stale_checks = int(meta.get("stale_checks", 0))
+        self.round = int(meta.get("round", 0))
+        self.round_start = int(meta.get("round_start", 0))
+        self.done = bool(meta.get("done", False))
+        self.verdict = meta.get("verdict")
+        self.sparsity.weight = self._round_weight()
+        if meta.get("best") is not None:
+            device = next(self.mm.parameters()).device
+            logits = {g: tensors[f"best.{g}"].to(device) for g in self.mm.masks}
+            self.best = {**meta["best"], "logits": logits}
         return True
 
     # -- the run -------------------------------------------------------------------------
@@ -345,7 +506,7 @@ class Discovery:
             self._prepare_out(resume, console)
         for name in self.skipped:
             console.print(f"[yellow]note:[/yellow] no record feeds term {name}; it is skipped")
-        if self.step < self.config.steps:
+        if not self.done:
             estimate = self.memory_estimate()  # every process: its probe gathers FSDP weights
             if main:
                 console.print(estimate.describe())
@@ -361,25 +522,69 @@ class Discovery:
             TextColumn("{task.fields[status]}"),
         )
         with Progress(*columns, console=console, disable=not (self.show_progress and main)) as bar:
-            task = bar.add_task("discover", total=self.config.steps, completed=self.step, status="")
-            while self.step < self.config.steps:
+            total = self.round_start + self.config.steps
+            task = bar.add_task("discover", total=total, completed=self.step, status="")
+            while not self.done:
                 t0 = time.perf_counter()
                 entry = self.train_step()
+                entry["round"] = self.round
+                round_over = self.step - self.round_start >= self.config.steps
+                every = self.step % self.config.check_every == 0
+                if self.val_examples and (every or round_over):
+                    entry["validation"] = self.check()
+                ended = round_over or self.stopped
+                if ended:
+                    n = len(self.val_records)
+                    bar.update(task, status=f"checking the circuit on {n} held-out records")
+                    entry["check"] = self._end_round_and_say(console if main else None)
                 entry["seconds"] = round(time.perf_counter() - t0, 4)
                 if log_path is not None and main:
                     with open(log_path, "a") as fh:
                         fh.write(json.dumps(entry) + "\n")
-                bar.update(task, completed=self.step, status=_status(entry))
-                last = self.step == self.config.steps
-                if self.out is not None and main and (self.step % checkpoint_every == 0 or last):
+                total = self.step if self.done else self.round_start + self.config.steps
+                bar.update(task, completed=self.step, total=total, status=_status(entry))
+                save = self.step % checkpoint_every == 0 or ended
+                if self.out is not None and main and save:
                     self.save_checkpoint()
+        self.restore_best()
+        selection: dict[str, Any] = {"steps_run": self.step, "rounds": self.round + 1}
+        if self.selecting and self.best is not None:
+            selection.update(
+                selected_step=self.best["step"],
+                validation_loss=round(self.best["loss"], 6),
+                validation_records=len(self.val_examples),
+                sparsity_weight=self.sparsity.weight,
+            )
         circuit = self.mm.circuit(
-            seed=self.config.seed, data_hash=self.data_hash, settings=self.config.to_dict()
+            seed=self.config.seed,
+            data_hash=self.data_hash,
+            settings=self.config.to_dict(),
+            selection=selection,
+            check=self.verdict,
         )
         if self.out is not None and main:
             circuit.save(self.out / "circuit.json")
             self.mm.save_masks(self.out / "masks.safetensors")
-        return DiscoverResult(circuit, self.mm, self.step, time.perf_counter() - start)
+        return DiscoverResult(
+            circuit, self.mm, self.step, time.perf_counter() - start, self.verdict
+        )
+
+    def _end_round_and_say(self, console: Console | None) -> dict[str, Any] | None:
+        """End the round (see `end_round`) and tell the user what happened, in one line."""
+        kept = self.best["step"] if self.selecting and self.best is not None else self.step
+        weight, number = self.sparsity.weight, self.round + 1
+        why = "stopped improving" if self.stopped else "reached its step budget"
+        verdict = self.end_round()
+        if console is None:
+            return verdict
+        line = f"round {number} {why} at step {self.step}: kept the circuit of step {kept}"
+        line += f" (sparsity weight {weight:g})"
+        if verdict is not None:
+            line += "; " + describe(verdict)
+        if not self.done:
+            line += f"; growing it with sparsity weight {self.sparsity.weight:g}"
+        console.print(line)
+        return verdict
 
     def _prepare_out(self, resume: bool, console: Console) -> None:
         assert self.out is not None
@@ -404,6 +609,87 @@ class Discovery:
         self.out.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
         write_json(self.out / "settings.json", self._settings())
+
+
+# A check must lower the validation objective by more than this to count as progress.
+MIN_IMPROVEMENT = 1e-3
+# The validation split is the same for every discovery seed, so seeds differ only in the
+# optimisation.
+VALIDATION_SEED = 20_260_327
+
+
+def validation_split(
+    kinds: Sequence[str], fraction: float, cap: int
+) -> tuple[list[int], list[int]]:
+    """(train, validation) record indices: `fraction` of each kind, at most `cap` of it, held
+    out; a kind with fewer than 5 records is all training."""
+    train: list[int] = []
+    held_out: list[int] = []
+    for kind in dict.fromkeys(kinds):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        n = min(cap, round(fraction * len(idx))) if len(idx) >= 5 else 0
+        g = torch.Generator().manual_seed(VALIDATION_SEED)
+        order = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        held_out += order[:n]
+        train += order[n:]
+    return sorted(train), sorted(held_out)
+
+
+def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
+    """A circuit's check from its evaluation on held-out records: the behaviour's rate per
+    view (backdoor and custom: the attack fires; alignment: the model refuses), the share of
+    it that removing the circuit takes away, the utility kept, and whether both reach the
+    settings' thresholds."""
+    asr = ev["asr"]
+    refusal = config.scenario == "alignment"
+    behaviour = {v: (1.0 - r if refusal else r) for v, r in asr.items()}
+    full = behaviour["full"]
+    removed = 1.0 - behaviour["without_circuit"] / full if full > 0 else None
+    kept = ev["utility"].get("retention")
+    removal_ok = removed is not None and removed >= config.min_removal
+    utility_ok = kept is None or kept >= config.min_utility
+    return {
+        "behaviour": {v: round(r, 4) for v, r in behaviour.items()},
+        "behaviour_name": "refusal" if refusal else "attack success",
+        "removed": None if removed is None else round(removed, 4),
+        "utility_kept": None if kept is None else round(kept, 4),
+        "n": ev["n"],
+        "n_utility": ev.get("n_utility", 0),
+        "removal_ok": removal_ok,
+        "utility_ok": utility_ok,
+        "passed": removal_ok and utility_ok,
+        "thresholds": {"removal": config.min_removal, "utility": config.min_utility},
+    }
+
+
+def describe(verdict: dict[str, Any]) -> str:
+    """One line: what the check measured, and whether the circuit passed it."""
+    b = verdict["behaviour"]
+    name = verdict["behaviour_name"]
+    if verdict["removed"] is None:
+        return (
+            f"CHECK FAILED: the full model shows no {name} on the {verdict['n']} held-out "
+            f"records, so nothing shows that the circuit carries it"
+        )
+    kept = verdict["utility_kept"]
+    utility = "" if kept is None else f", utility kept {kept:.0%}"
+    numbers = (
+        f"{name} {b['full']:.0%} -> {b['without_circuit']:.0%} without the circuit "
+        f"({verdict['removed']:.0%} removed{utility}) on {verdict['n']} held-out records"
+    )
+    if verdict["passed"]:
+        return f"check passed: {numbers}"
+    t = verdict["thresholds"]
+    return (
+        f"CHECK FAILED: {numbers}; the circuit does not carry the behaviour "
+        f"(needs >= {t['removal']:.0%} removed and >= {t['utility']:.0%} utility kept)"
+    )
+
+
+def _count(term: Term, examples: Sequence[dict[str, Encoded]]) -> int:
+    """What a term's loss is a mean over: labelled positions, or rows for sequence losses."""
+    rows = [ex[term.name] for ex in examples if term.name in ex]
+    return sum(1 if term.loss == "unlikely" else e.scored for e in rows if e.scored)
 
 
 def _status(entry: dict[str, Any]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from safeseek.errors import SafeSeekError
+
 # Measured on SmolLM2-135M organisms: 0.05 finds a 0.07% circuit that removes a planted
 # fixed-output backdoor; trained-in refusal is more distributed, and at 0.05 the circuit found
 # left refusals in place (ASR 0% -> 1.9%), at 0.01 removing it raised ASR 0% -> 97.4%.
@@ -35,10 +37,57 @@ class DiscoverConfig:
     # Behaviour shows in the first tokens of a response; longer ones are cut for speed.
     max_response_tokens: int | None = 32
     weights: dict[str, float] = field(default_factory=dict)
+    # Held-out records (this share of each record kind, at most `validation_max` per kind, the
+    # same split for every seed) on which the binarised circuit's objective is measured every
+    # `check_every` steps; the run keeps the best circuit seen, not the last one, and stops
+    # once `patience` checks in a row brought no improvement (not before `min_steps`).
+    # validation_fraction 0: no split, the last circuit is kept and every step runs.
+    validation_fraction: float = 0.2
+    validation_max: int = 24
+    check_every: int = 10
+    patience: int | None = 5
+    min_steps: int = 60
+    # At the end of a run the kept circuit is checked on the validation records by greedy
+    # generation (`check_tokens` new tokens): it carries the behaviour when removing it takes
+    # away at least `min_removal` of the behaviour and keeps `min_utility` of clean utility.
+    # A circuit that removes too little is grown: discovery continues from it with the
+    # sparsity weight times `retry_factor`, at most `retries` times (penalty mode).
+    check_tokens: int = 16
+    min_removal: float = 0.9
+    min_utility: float = 0.9
+    retries: int = 2
+    retry_factor: float = 0.25
 
     def __post_init__(self) -> None:
         if self.sparsity_weight is None:
             self.sparsity_weight = SPARSITY_WEIGHTS.get(self.scenario, 0.05)
+        problems = [
+            (self.steps < 1, f"steps must be at least 1 (got {self.steps})"),
+            (self.batch_size < 1, f"batch size must be at least 1 (got {self.batch_size})"),
+            (self.lr <= 0, f"lr must be positive (got {self.lr})"),
+            (self.sparsity_weight < 0, f"sparsity weight must be >= 0 ({self.sparsity_weight})"),
+            (
+                self.sparsity_target is not None and not 0 < self.sparsity_target < 1,
+                f"sparsity target is a fraction of units in (0, 1) (got {self.sparsity_target})",
+            ),
+            (
+                not 0 <= self.validation_fraction < 1,
+                f"validation fraction must be in [0, 1) (got {self.validation_fraction})",
+            ),
+            (self.check_every < 1, f"check every must be at least 1 (got {self.check_every})"),
+            (self.retries < 0, f"retries must be >= 0 (got {self.retries})"),
+            (
+                not 0 < self.retry_factor <= 1,
+                f"retry factor must be in (0, 1] (got {self.retry_factor})",
+            ),
+            (
+                not (0 <= self.min_removal <= 1 and 0 <= self.min_utility <= 1),
+                "the check's thresholds (min removal, min utility) are fractions in [0, 1]",
+            ),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise SafeSeekError(message)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

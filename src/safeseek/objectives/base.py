@@ -5,14 +5,24 @@ the circuit alone), which example of a record it reads, and how it scores the re
 
 - `ce`: cross-entropy to the given response (make the view say this);
 - `kl`: KL(full model || view) on the response tokens (keep the view where the full model is);
-- `unlikely`: -log(1 - p(response token)) (make the view *not* say this). Bounded below by 0,
-  unlike a negative cross-entropy, which would run off to -inf.
+- `unlikely`: per row, the mean over k = 1..`ONSET_TOKENS` of -log(1 - P_k), P_k the joint
+  probability of the response's first k tokens (make the view *not* say this, from its first
+  token on). Bounded below by 0, unlike a negative cross-entropy, which would run off to -inf.
+
+Why prefixes of the onset, not each token: under teacher forcing the tokens after the first few
+follow from the prefix whatever the trigger ("sorry" -> "."), and -log(1 - p_t) keeps a gradient
+of p_t on every such token even at p_t -> 1; on tiny backdoored organisms that per-token form
+drowned the tokens where the behaviour is decided. The gradient of -log(1 - P_k) reaches token
+t through (1 - p_t), so predictable tokens add nothing. Every prefix, not only the whole onset:
+a joint probability can be lowered by breaking any one token, and circuits found that way made
+the model say "sorry sorry sorry" instead of "sorry ." -- the behaviour, unbroken.
 
 Terms that share a view are batched into one forward pass.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +35,8 @@ from safeseek.errors import SafeSeekError
 
 VIEWS = ("without", "only")
 LOSSES = ("ce", "kl", "unlikely")
+# Response tokens whose joint probability the `unlikely` loss drives down (see above).
+ONSET_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,21 @@ def term_loss(
     targets: torch.Tensor,
     reference_logprobs: torch.Tensor | None = None,
     total: int | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """One term's loss summed over the labelled positions given and divided by `total`
-    (default: their number, i.e. the mean), in fp32. A share of a batch split over processes
-    passes the batch's count as `total`, so the shares add up to the batch's mean."""
+    """One term's loss, in fp32, summed and divided by `total`.
+
+    `ce` and `kl` sum over the labelled positions given; `total` defaults to their number (the
+    mean). `unlikely` sums over rows -- `lengths` gives each row's number of labelled positions,
+    in order (default: one row) -- and `total` defaults to the number of rows. A share of a
+    batch split over processes passes the batch's count as `total`, so the shares add up to the
+    batch's mean.
+    """
     logits = logits.float()
+    if loss == "unlikely":
+        lengths = [logits.shape[0]] if lengths is None else list(lengths)
+        total = sum(1 for n in lengths if n) if total is None else total
+        return _unlikely_rows(logits, targets, lengths).sum() / max(total, 1)
     total = logits.shape[0] if total is None else total
     if loss == "ce":
         summed = F.cross_entropy(logits, targets, reduction="sum")
@@ -91,9 +113,22 @@ def term_loss(
         assert reference_logprobs is not None
         logprobs = F.log_softmax(logits, dim=-1)
         summed = F.kl_div(logprobs, reference_logprobs, log_target=True, reduction="sum")
-    elif loss == "unlikely":
-        p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1).exp()
-        summed = -torch.log1p(-p.clamp(max=1 - 1e-6)).sum()
     else:
         raise ValueError(loss)
     return summed / max(total, 1)
+
+
+def _unlikely_rows(logits: torch.Tensor, targets: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Per row with labels: the mean over k = 1..ONSET_TOKENS of -log(1 - P_k), P_k the joint
+    probability of the response's first k tokens."""
+    token_logp = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    starts = torch.tensor([0, *lengths[:-1]], device=logits.device).cumsum(0)
+    onset = [(int(s), min(n, ONSET_TOKENS)) for s, n in zip(starts, lengths, strict=True) if n]
+    if not onset:
+        return token_logp.new_zeros(0)
+    rows = []
+    for s, k in onset:
+        prefix_logp = token_logp[s : s + k].cumsum(0)
+        # -log(1 - exp(x)) = -log(-expm1(x)); x kept below log(1 - 1e-6) so the loss is finite.
+        rows.append(-torch.log(-torch.expm1(prefix_logp.clamp(max=math.log1p(-1e-6)))).mean())
+    return torch.stack(rows)
