@@ -155,6 +155,11 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
     assert len(gens) == 60 * 3 + 60 * 2
 
 
+def _discover_args(root) -> list[str]:
+    """`discover` on the tiny organism's model and training data."""
+    return ["discover", "--model", str(root / "model"), "--data", str(root / "train.jsonl")]
+
+
 def _masks(run):
     return load_file(str(run / "masks.safetensors"))
 
@@ -162,11 +167,7 @@ def _masks(run):
 def test_killed_run_resumes_to_the_same_masks(organism, tmp_path):
     root, _, _ = organism
     common = [
-        "discover",
-        "--model",
-        str(root / "model"),
-        "--data",
-        str(root / "train.jsonl"),
+        *_discover_args(root),
         "--steps",
         "400",
         "--checkpoint-every",
@@ -221,11 +222,7 @@ def test_killed_run_resumes_to_the_same_masks(organism, tmp_path):
 def test_existing_run_and_changed_settings_are_refused(organism, tmp_path):
     root, _, _ = organism
     common = [
-        "discover",
-        "--model",
-        str(root / "model"),
-        "--data",
-        str(root / "train.jsonl"),
+        *_discover_args(root),
         "--out",
         str(tmp_path / "run"),
         "--dtype",
@@ -243,11 +240,7 @@ def test_a_circuit_that_does_not_carry_the_behaviour_says_so(organism, tmp_path)
     one line that says the check failed, and --strict makes that the exit status."""
     root, _, _ = organism
     common = [
-        "discover",
-        "--model",
-        str(root / "model"),
-        "--data",
-        str(root / "train.jsonl"),
+        *_discover_args(root),
         "--steps",
         "20",
         "--sparsity-weight",

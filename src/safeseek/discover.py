@@ -39,6 +39,7 @@ from safeseek.distributed import (
     sum_over_processes,
 )
 from safeseek.errors import SafeSeekError
+from safeseek.evaluate.run import evaluate_circuit
 from safeseek.fileio import atomic_path, write_json
 from safeseek.forward import IGNORE, labelled_logits
 from safeseek.masking import MaskedModel
@@ -317,8 +318,6 @@ class Discovery:
         """The kept circuit measured on the validation records by greedy generation: the
         behaviour and utility under the full model, without the circuit and with it alone, and
         whether it passes the check (None: no held-out record shows the behaviour's probe)."""
-        from safeseek.evaluate.run import evaluate_circuit  # evaluate imports little; lazily
-
         circuit = self.mm.circuit()
         quiet = Console(quiet=True)  # inside discovery's own progress bar, which says so
         try:
@@ -546,7 +545,8 @@ class Discovery:
                 save = self.step % checkpoint_every == 0 or ended
                 if self.out is not None and main and save:
                     self.save_checkpoint()
-        self.restore_best()
+        # The masks hold the kept circuit: the last round's end restored it (and a finished
+        # run resumed from its checkpoint loads the masks saved after that).
         selection: dict[str, Any] = {"steps_run": self.step, "rounds": self.round + 1}
         if self.selecting and self.best is not None:
             selection.update(
