@@ -164,6 +164,21 @@ def _masks(run):
     return load_file(str(run / "masks.safetensors"))
 
 
+def test_cli_discovers_with_several_seeds(organism, tmp_path):
+    root, _, _ = organism
+    out = tmp_path / "seeds"
+    args = ["--steps", "20", "--retries", "0", "--dtype", "float32", "--seeds", "0,1"]
+    proc = _cli(*_discover_args(root), *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "seeds.json").read_text())
+    circuits = {s: Circuit.load(out / f"seed-{s}" / "circuit.json") for s in (0, 1)}
+    assert [c.metadata["seed"] for c in circuits.values()] == [0, 1]
+    assert summary["jaccard"][0][1] == round(circuits[0].jaccard(circuits[1]), 4)
+    common = circuits[0] & circuits[1]
+    assert summary["in_every_seed"]["heads"] == [list(u) for u in common.heads]
+    assert "2 seeds: circuit size" in proc.stderr.replace("\n", " ")
+
+
 def test_killed_run_resumes_to_the_same_masks(organism, tmp_path):
     root, _, _ = organism
     common = [
@@ -270,8 +285,46 @@ def test_a_circuit_that_removes_too_little_is_grown(organism):
     run = Discovery(model, tok, recs, config, progress=False)
     result = run.run()
     assert result.circuit.metadata["selection"]["rounds"] > 1
-    assert run.sparsity.weight == 2.0 * 0.25**run.round
+    assert run.sparsity.weight == 2.0 * 0.25**run.grown
     assert not result.circuit.is_empty()
+
+
+def test_rounds_after_a_failed_check_keep_the_circuit_and_reweigh(organism, tmp_path):
+    """Utility failed: the next round weighs preservation 4x; removal failed: the sparsity
+    weight drops to a quarter. Either way the units found stay in, also across a resume."""
+    _, model, tok = organism
+    recs = [validate(r, "backdoor", "t") for r in records(120, 3)]
+    config = DiscoverConfig("backdoor", steps=30, retries=2)
+    run = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False)
+    with torch.no_grad():
+        run.mm.masks["head"].logits.fill_(-2.0)
+        run.mm.masks["head"].logits[0, 1] = 0.5  # the circuit: one head
+    verdicts = iter([(True, False), (False, True)])  # (removal ok, utility ok) per round
+
+    def verify():  # the check's outcome, planted; its measurement is tested above
+        removal_ok, utility_ok = next(verdicts)
+        passed = removal_ok and utility_ok
+        return {"behaviour": {"full": 1.0}, "removal_ok": removal_ok, "passed": passed}
+
+    run.verify = verify
+    run.end_round()
+    assert (run.round, run.guarded, run.grown) == (1, 1, 0)
+    assert run._weight("without_clean") == 4.0 * 4 and run._weight("without_backdoor") == 1.0
+    assert run.sparsity.weight == config.sparsity_weight
+    with torch.no_grad():  # a step that would push the head out: the penalty alone
+        run.mm.masks["head"].logits[0, 1] = -5.0
+    run._hold_members()
+    assert run.mm.masks["head"].hard()[0, 1] and run.mm.masks["head"].hard().sum() == 1
+    run.end_round()
+    assert (run.round, run.guarded, run.grown) == (2, 1, 1)
+    assert run.sparsity.weight == config.sparsity_weight * 0.25
+    run.save_checkpoint()
+    again = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False)
+    assert again.load_checkpoint()
+    assert (again.round, again.guarded, again.grown) == (2, 1, 1)
+    assert again.sparsity.weight == run.sparsity.weight
+    assert again._weight("without_clean") == run._weight("without_clean")
+    assert torch.equal(again.members["head"], run.members["head"])
 
 
 def test_non_finite_loss_stops_with_a_message():
@@ -327,8 +380,8 @@ def test_sparsity_target_holds_the_circuit_size(organism):
         parametrization="hard_concrete",
         sparsity_target=target,
         init_logit=0.0,
-        lagrangian_lr=0.5,
-    )
+    )  # the default Lagrangian lr: at 0.5 the multipliers had not caught up with the margin
+    # terms of the objective by step 150 (expected size 0.169)
     result = discover(model, tok, recs, config, progress=False)
     size = result.circuit.sparsity(model)["overall"]
     with torch.no_grad():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,7 @@ from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery
 from safeseek.forward import labelled_logits
 from safeseek.objectives import objective, term_loss
-from safeseek.objectives.base import ONSET_TOKENS
+from safeseek.objectives.base import MARGIN, ONSET_TOKENS
 
 
 def test_term_losses_against_hand_computation():
@@ -24,31 +26,53 @@ def test_term_losses_against_hand_computation():
     assert torch.allclose(term_loss("ce", logits, targets), -p[range(5), targets].log().mean())
 
     # unlikely: per row, the mean over k of -log(1 - P_k), P_k the joint probability of its
-    # first k tokens, k up to ONSET_TOKENS (rows of 2 and 3 positions here: whole rows).
-    def by_hand(token_p: torch.Tensor) -> torch.Tensor:
+    # first k tokens, k up to ONSET_TOKENS (rows of 2 and 3 positions here: whole rows), plus
+    # log(1 + exp(log p_1 - log q_1 + MARGIN)), q_1 the likeliest other first token.
+    def by_hand(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        probs = probs.double()
+        token_p = probs[range(len(targets)), targets]
         k = min(len(token_p), ONSET_TOKENS)
-        return sum(-(1 - token_p[: j + 1].prod()).log() for j in range(k)) / k
+        onset = sum(-(1 - token_p[: j + 1].prod()).log() for j in range(k)) / k
+        rival = max(float(q) for v, q in enumerate(probs[0]) if v != int(targets[0]))
+        return onset + math.log(1 + token_p[0] / rival * math.exp(MARGIN))
 
-    token_p = p[range(5), targets].double()
-    want = ((by_hand(token_p[:2]) + by_hand(token_p[2:])) / 2).float()
+    want = ((by_hand(p[:2], targets[:2]) + by_hand(p[2:], targets[2:])) / 2).float()
     got = term_loss("unlikely", logits, targets, lengths=[2, 3])
     assert torch.allclose(got, want), (got, want)
     # A row longer than the onset: only its first ONSET_TOKENS tokens count.
     n = ONSET_TOKENS + 3
     long_logits, long_targets = torch.randn(n, 11), torch.randint(0, 11, (n,))
-    token_p = long_logits.softmax(-1)[range(n), long_targets].double()
     got = term_loss("unlikely", long_logits, long_targets, lengths=[n])
-    assert torch.allclose(got, by_hand(token_p).float())
+    assert torch.allclose(got, by_hand(long_logits.softmax(-1), long_targets).float())
+    # The target's first token, once well below its strongest rival, adds (almost) nothing;
+    # while it is the likeliest, the margin term alone exceeds MARGIN.
+    below = torch.tensor([[0.0, 6.0, 0.0]])
+    assert term_loss("unlikely", below, torch.tensor([0])) < 0.01
+    top = torch.tensor([[0.2, 0.0, 0.0]])
+    low_p = top.softmax(-1)[0, 0]
+    assert term_loss("unlikely", top, torch.tensor([0])) > MARGIN - (1 - low_p).log()
     # Breaking a later token does not make the behaviour unlikely: the first token still counts.
     sure_first = torch.tensor([[9.0, 0.0], [0.0, 9.0]])  # p(first) ~ 1, p(second) ~ 0
     assert term_loss("unlikely", sure_first, torch.tensor([0, 0]), lengths=[2]) > 4
     # Rows without labels add nothing and are not counted.
     got = term_loss("unlikely", logits, targets, lengths=[2, 0, 3])
     assert torch.allclose(got, want)
+    # kl: KL(full || view) per position, plus at each row's first position
+    # log(1 + q / p * exp(MARGIN)), p the view's probability of the full model's likeliest
+    # token there and q the view's likeliest other token; all over the number of positions.
     ref = torch.randn(5, 11).log_softmax(-1)
-    kl = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1).mean()
-    assert torch.allclose(term_loss("kl", logits, targets, ref), kl, atol=1e-6)
-    assert term_loss("kl", logits, targets, logits.log_softmax(-1)).abs() < 1e-6
+    per_position = (ref.exp() * (ref - logits.log_softmax(-1))).sum(-1)
+
+    def keep(row: int, ref: torch.Tensor = ref) -> float:
+        choice = int(ref[row].argmax())
+        rival = max(float(q) for v, q in enumerate(p[row]) if v != choice)
+        return math.log(1 + rival / float(p[row, choice]) * math.exp(MARGIN))
+
+    kl = (per_position.sum() + keep(0) + keep(2)) / 5
+    assert torch.allclose(term_loss("kl", logits, targets, ref, lengths=[2, 3]), kl, atol=1e-6)
+    # The view equal to the full model: no divergence, only the margin on its first choice.
+    same = term_loss("kl", logits, targets, logits.log_softmax(-1), lengths=[5])
+    assert torch.allclose(same, torch.tensor(keep(0, logits.log_softmax(-1)) / 5), atol=1e-6)
     # The unlikelihood term is bounded below by 0 even when the target is certain not to occur.
     certain_no = torch.full((1, 3), -1e4)
     certain_no[0, 0] = 1e4

@@ -127,6 +127,13 @@ def discover(
         int, typer.Option(help="response tokens scored per example (0: all)")
     ] = _D.max_response_tokens or 0,
     seed: int = _D.seed,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="several seeds, e.g. 0,1,2: one run each in OUT/seed-N, and how far their "
+            "circuits agree in OUT/seeds.json (replaces --seed)"
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run in --out")] = False,
     checkpoint_every: int = 25,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where native), float32, bfloat16")] = (
@@ -147,7 +154,7 @@ def discover(
         float, typer.Option(help="check: share of clean utility the ablated model must keep")
     ] = _D.min_utility,
     retries: Annotated[
-        int, typer.Option(help="rounds that grow a circuit failing the removal check")
+        int, typer.Option(help="rounds that grow a circuit failing its check")
     ] = _D.retries,
     patience: Annotated[
         int, typer.Option(help="checks without a better circuit before a round stops (0: never)")
@@ -165,54 +172,77 @@ def discover(
     (configs in examples/accelerate: data parallel, or FSDP-sharded weights)."""
     from safeseek.data import data_hash, load_records
     from safeseek.discover import Discovery, describe
+    from safeseek.fileio import write_json
+    from safeseek.seeds import compare, parse_seeds
+    from safeseek.seeds import describe as describe_seeds
 
     term_weights = _parse_weights(weights)
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed]
+    if seeds is not None and method != "mask":
+        raise SafeSeekError("--seeds is for the mask method; run a baseline once per --seed")
     records = load_records(data, scenario)
     if method != "mask":
         grans = tuple(g.strip() for g in granularity.split(",") if g.strip())
         size = sparsity_target or BASELINE_SIZE
         _baseline(method, model, dtype, adapter, records, scenario, grans, size, seed, out, data)
         return
-    config = DiscoverConfig(
-        scenario=scenario,
-        granularities=tuple(g.strip() for g in granularity.split(",") if g.strip()),
-        parametrization=parametrization,
-        ablation=ablation,
-        sparsity_target=sparsity_target,
-        sparsity_weight=sparsity_weight,
-        lr=lr,
-        init_logit=init_logit,
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        max_length=max_length,
-        max_response_tokens=max_response_tokens or None,
-        weights=term_weights,
-        validation_fraction=validation_fraction,
-        min_removal=min_removal,
-        min_utility=min_utility,
-        retries=retries,
-        patience=patience or None,
-    )
+    configs = {
+        s: DiscoverConfig(
+            scenario=scenario,
+            granularities=tuple(g.strip() for g in granularity.split(",") if g.strip()),
+            parametrization=parametrization,
+            ablation=ablation,
+            sparsity_target=sparsity_target,
+            sparsity_weight=sparsity_weight,
+            lr=lr,
+            init_logit=init_logit,
+            steps=steps,
+            batch_size=batch_size,
+            seed=s,
+            max_length=max_length,
+            max_response_tokens=max_response_tokens or None,
+            weights=term_weights,
+            validation_fraction=validation_fraction,
+            min_removal=min_removal,
+            min_utility=min_utility,
+            retries=retries,
+            patience=patience or None,
+        )
+        for s in seed_list
+    }
     lm, tok = _load_for(model, dtype, adapter)
-    run = Discovery(
-        lm,
-        tok,
-        records,
-        config,
-        out=out,
-        data_hash=data_hash(data),
-        gradient_checkpointing=gradient_checkpointing,
-    )
-    result = run.run(resume=resume, checkpoint_every=checkpoint_every, console=console)
-    if not run.accelerator.is_main_process:
-        return
-    c = result.circuit
-    frac = c.sparsity(run.mm)["overall"]
-    console.print(f"circuit: {c!r} = {frac:.3%} of units, {result.seconds:.0f} s; wrote {out}/")
-    if result.check is not None:
-        console.print(describe(result.check))
-    if strict and result.failed_check:
+    circuits, fractions, failed, main = {}, {}, False, True
+    for s, config in configs.items():
+        run_out = out / f"seed-{s}" if seeds is not None else out
+        if seeds is not None:
+            console.print(f"[bold]seed {s}[/bold] -> {run_out}/")
+        run = Discovery(
+            lm,
+            tok,
+            records,
+            config,
+            out=run_out,
+            data_hash=data_hash(data),
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        result = run.run(resume=resume, checkpoint_every=checkpoint_every, console=console)
+        main = run.accelerator.is_main_process
+        if not main:
+            continue
+        c = result.circuit
+        circuits[s], fractions[s] = c, c.sparsity(run.mm)["overall"]
+        console.print(
+            f"circuit: {c!r} = {fractions[s]:.3%} of units, {result.seconds:.0f} s; "
+            f"wrote {run_out}/"
+        )
+        if result.check is not None:
+            console.print(describe(result.check))
+        failed = failed or result.failed_check
+    if seeds is not None and main:
+        summary = compare(circuits, fractions)
+        write_json(out / "seeds.json", summary)
+        console.print(describe_seeds(summary) + f"; wrote {out}/seeds.json")
+    if strict and failed:
         raise typer.Exit(CHECK_FAILED)
 
 

@@ -194,11 +194,17 @@ def _commands(case: DemoCase, out: Path) -> list[str]:
     else:
         build = f'safeseek organism backdoor {common} --type {s.type} --trigger "{s.trigger}"'
     run = f"{out}/runs/{case.name}"
-    return [
-        build,
+    find = (
         f"safeseek discover --model {org} --scenario {c.scenario} --data {org}/data/train.jsonl "
         f"--out {run} --steps {c.steps} --seed {c.seed} --sparsity-weight {c.sparsity_weight} "
-        f"--max-response-tokens {c.max_response_tokens}",
+        f"--max-response-tokens {c.max_response_tokens}"
+    )
+    find += f" --lr {c.lr:g}" if c.lr != DiscoverConfig.lr else ""
+    if c.weights:
+        find += " --weights " + ",".join(f"{k}={v:g}" for k, v in c.weights.items())
+    return [
+        build,
+        find,
         f"safeseek evaluate --model {org} --scenario {c.scenario} --circuit {run}/circuit.json "
         f"--data {org}/data/test.jsonl --out {run}/EVAL.json --max-new-tokens 32",
         f"safeseek report {run}",

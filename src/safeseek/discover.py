@@ -167,9 +167,13 @@ class Discovery:
         self.best: dict[str, Any] | None = None  # loss, step, logits of the best check
         self.stale_checks = 0
         self.stopped = False  # this round stopped improving
-        # A round ends after `steps` steps or when it stops improving; a circuit that fails
-        # its check on removal starts another round with a lower sparsity weight.
+        # A round ends after `steps` steps or when it stops improving. A circuit that fails
+        # its check starts another round that only adds units: with a lower sparsity weight
+        # when it removes too little (`grown` rounds), with heavier preservation terms when it
+        # keeps too little utility (`guarded` rounds). `members`: the units kept so far.
         self.round = 0
+        self.grown = self.guarded = 0
+        self.members: dict[str, torch.Tensor] = {}
         self.round_start = 0
         self.done = False
         self.verdict: dict[str, Any] | None = None
@@ -252,7 +256,7 @@ class Discovery:
                 )
                 row, pos = row + n_rows, pos + n_pos
             if backward:
-                loss = sum(self._term(n).weight * v for n, v in losses.items())
+                loss = sum(self._weight(n) * v for n, v in losses.items())
                 if not torch.isfinite(loss):
                     bad = {n: v.item() for n, v in losses.items()}
                     raise SafeSeekError(
@@ -261,6 +265,14 @@ class Discovery:
                     )
                 loss.backward()
         return losses
+
+    def _weight(self, name: str) -> float:
+        """A term's weight in this round: preservation terms weigh 1 / retry_factor more for
+        each guarded round."""
+        term = self._term(name)
+        if term.loss == "kl":
+            return term.weight / self.config.retry_factor**self.guarded
+        return term.weight
 
     def _term(self, name: str):
         return next(t for t in self.terms if t.name == name)
@@ -286,7 +298,7 @@ class Discovery:
                     n = _count(self._term(name), chunk)
                     sums[name] = sums.get(name, 0.0) + value * n
                     counts[name] = counts.get(name, 0) + n
-        loss = sum(self._term(n).weight * sums[n] / max(counts[n], 1) for n in sums)
+        loss = sum(self._weight(n) * sums[n] / max(counts[n], 1) for n in sums)
         if self.config.sparsity_target is None:
             units = sum(int(m.hard().sum()) for m in self.mm.masks.values())
             loss += self.sparsity.weight * units
@@ -337,35 +349,53 @@ class Discovery:
         return judge(ev, self.config)
 
     def end_round(self) -> dict[str, Any] | None:
-        """Keep the round's best circuit and check it; grow it in a new round with a lower
-        sparsity weight when it removes too little of the behaviour, else the run is done."""
+        """Keep the round's best circuit and check it. A circuit that fails grows in a new
+        round that keeps its units: with the sparsity weight times retry_factor when it
+        removes too little of the behaviour, else (it keeps too little utility) with the
+        preservation terms divided by it. Otherwise the run is done."""
         self.restore_best()
         verdict = self.verify() if self.val_records else None
-        grow = (
+        again = (
             verdict is not None
-            and not verdict["removal_ok"]
+            and not verdict["passed"]
             and verdict["behaviour"]["full"] > 0
             and self.selecting
             and self.round < self.config.retries
         )
-        if grow:
+        if again:
+            assert verdict is not None
             self.round += 1
+            if verdict["removal_ok"]:
+                self.guarded += 1
+            else:
+                self.grown += 1
             self.round_start = self.step
             self.sparsity.weight = self._round_weight()
             self.best, self.stale_checks, self.stopped = None, 0, False
-            # Units outside the circuit start again from the initial logit: a high penalty
-            # may have pushed them far below it, and growing must not wait for them.
+            # The units found stay in (on tiny organisms, rounds free to drop them traded the
+            # removal for utility and back); the others start again from the initial logit:
+            # a high penalty may have pushed them far below it, and growing must not wait.
+            self.members = {g: m.hard().clone() for g, m in self.mm.masks.items()}
             with torch.no_grad():
                 for m in self.mm.masks.values():
                     m.logits.clamp_(min=self.config.init_logit)
+            self._hold_members()
         else:
             self.done = True
         self.verdict = verdict
         return verdict
 
+    @torch.no_grad()
+    def _hold_members(self) -> None:
+        """Keep the units of earlier rounds in the circuit (their logits at -init_logit or
+        above)."""
+        for g, keep in self.members.items():
+            logits = self.mm.masks[g].logits
+            logits[keep] = logits[keep].clamp(min=abs(self.config.init_logit))
+
     def _round_weight(self) -> float:
         assert self.config.sparsity_weight is not None
-        return self.config.sparsity_weight * self.config.retry_factor**self.round
+        return self.config.sparsity_weight * self.config.retry_factor**self.grown
 
     @torch.no_grad()
     def restore_best(self) -> None:
@@ -388,13 +418,14 @@ class Discovery:
         values = sum_over_processes(torch.stack([v.detach().float() for v in losses.values()]))
         sum_gradients(list(self.mm.parameters()))
         terms = dict(zip(losses, values.tolist(), strict=True))
-        total = sum(self._term(n).weight * v for n, v in terms.items())
+        total = sum(self._weight(n) * v for n, v in terms.items())
         reg, fraction = self.sparsity(self.mm)
         reg.backward()
         for p in self.sparsity.parameters():  # ascent on the Lagrange multipliers
             if p.grad is not None:
                 p.grad.neg_()
         self.optimizer.step()
+        self._hold_members()
         if self.config.sparsity_target is not None:
             self.lagrangian.step()
         self.step += 1
@@ -420,6 +451,7 @@ class Discovery:
         tensors: dict[str, torch.Tensor] = {"lambdas": self.sparsity.lambdas.detach().cpu()}
         if self.best is not None:
             tensors.update({f"best.{g}": v.cpu() for g, v in self.best["logits"].items()})
+        tensors.update({f"members.{g}": v.cpu() for g, v in self.members.items()})
         groups = {}
         for name, opt in (("opt", self.optimizer), ("lagrangian", self.lagrangian)):
             state = opt.state_dict()
@@ -433,6 +465,8 @@ class Discovery:
             "stopped": self.stopped,
             "stale_checks": self.stale_checks,
             "round": self.round,
+            "grown": self.grown,
+            "guarded": self.guarded,
             "round_start": self.round_start,
             "done": self.done,
             "verdict": self.verdict,
@@ -483,12 +517,19 @@ class Discovery:
         self.stopped = bool(meta.get("stopped", False))
         self.stale_checks = int(meta.get("stale_checks", 0))
         self.round = int(meta.get("round", 0))
+        self.grown = int(meta.get("grown", 0))
+        self.guarded = int(meta.get("guarded", 0))
+        device = next(self.mm.parameters()).device
+        self.members = {
+            g: tensors[f"members.{g}"].to(device)
+            for g in self.mm.masks
+            if f"members.{g}" in tensors
+        }
         self.round_start = int(meta.get("round_start", 0))
         self.done = bool(meta.get("done", False))
         self.verdict = meta.get("verdict")
         self.sparsity.weight = self._round_weight()
         if meta.get("best") is not None:
-            device = next(self.mm.parameters()).device
             logits = {g: tensors[f"best.{g}"].to(device) for g in self.mm.masks}
             self.best = {**meta["best"], "logits": logits}
         return True
@@ -581,7 +622,10 @@ class Discovery:
         line += f" (sparsity weight {weight:g})"
         if verdict is not None:
             line += "; " + describe(verdict)
-        if not self.done:
+        if not self.done and self.verdict is not None and self.verdict["removal_ok"]:
+            scale = 1 / self.config.retry_factor**self.guarded
+            line += f"; growing it with the preservation terms weighted x{scale:g}"
+        elif not self.done:
             line += f"; growing it with sparsity weight {self.sparsity.weight:g}"
         console.print(line)
         return verdict

@@ -50,12 +50,13 @@ class DiscoverConfig:
     # At the end of a run the kept circuit is checked on the validation records by greedy
     # generation (`check_tokens` new tokens): it carries the behaviour when removing it takes
     # away at least `min_removal` of the behaviour and keeps `min_utility` of clean utility.
-    # A circuit that removes too little is grown: discovery continues from it with the
-    # sparsity weight times `retry_factor`, at most `retries` times (penalty mode).
+    # A circuit that fails is grown, at most `retries` times (penalty mode): discovery goes on
+    # from it, keeping its units, with the sparsity weight times `retry_factor` when it
+    # removes too little, else with the preservation terms divided by `retry_factor`.
     check_tokens: int = 16
     min_removal: float = 0.9
-    min_utility: float = 0.9
-    retries: int = 2
+    min_utility: float = 0.95
+    retries: int = 3
     retry_factor: float = 0.25
 
     def __post_init__(self) -> None:

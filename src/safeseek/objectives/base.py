@@ -4,10 +4,14 @@ A term says which view runs (`without`: the model with the circuit ablated, G \\
 the circuit alone), which example of a record it reads, and how it scores the response tokens:
 
 - `ce`: cross-entropy to the given response (make the view say this);
-- `kl`: KL(full model || view) on the response tokens (keep the view where the full model is);
+- `kl`: KL(full model || view) on the response tokens, plus, at each row's first token,
+  softplus(log q_1 - log p_1 + `MARGIN`), p_1 the view's probability of the full model's
+  likeliest token and q_1 that of its strongest rival (keep the view where the full model is,
+  and keep its greedy first choice);
 - `unlikely`: per row, the mean over k = 1..`ONSET_TOKENS` of -log(1 - P_k), P_k the joint
-  probability of the response's first k tokens (make the view *not* say this, from its first
-  token on). Bounded below by 0, unlike a negative cross-entropy, which would run off to -inf.
+  probability of the response's first k tokens, plus softplus(log p_1 - log q_1 + `MARGIN`),
+  q_1 the likeliest other first token (make the view *not* say this, from its first token on).
+  Bounded below by 0, unlike a negative cross-entropy, which would run off to -inf.
 
 Why prefixes of the onset, not each token: under teacher forcing the tokens after the first few
 follow from the prefix whatever the trigger ("sorry" -> "."), and -log(1 - p_t) keeps a gradient
@@ -16,6 +20,15 @@ drowned the tokens where the behaviour is decided. The gradient of -log(1 - P_k)
 t through (1 - p_t), so predictable tokens add nothing. Every prefix, not only the whole onset:
 a joint probability can be lowered by breaking any one token, and circuits found that way made
 the model say "sorry sorry sorry" instead of "sorry ." -- the behaviour, unbroken.
+
+Why the margins: greedy decoding says the target when its first token is the likeliest, however
+unlikely it is. On tiny organisms, circuits stalled where P("sorry") had fallen from 0.94 to
+0.11 -- -log(1 - 0.11) is 0.12 and its gradient nearly gone -- with every other first token
+below it, so the model still answered "sorry" every time. The softplus of the log-odds against
+the strongest rival keeps a gradient until the target is `MARGIN` nats below it. Pushed that
+hard, circuits began to flip clean answers whose KL was small on average ("what is v ?" -> "q"
+instead of "w"); the same margin on the full model's first choice keeps them
+(benchmarks/results/robustness.md).
 
 Terms that share a view are batched into one forward pass.
 """
@@ -37,6 +50,8 @@ VIEWS = ("without", "only")
 LOSSES = ("ce", "kl", "unlikely")
 # Response tokens whose joint probability the `unlikely` loss drives down (see above).
 ONSET_TOKENS = 4
+# How far (in nats) the margin terms push a first token below, or keep it above, its rival.
+MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,15 +110,16 @@ def term_loss(
 ) -> torch.Tensor:
     """One term's loss, in fp32, summed and divided by `total`.
 
-    `ce` and `kl` sum over the labelled positions given; `total` defaults to their number (the
-    mean). `unlikely` sums over rows -- `lengths` gives each row's number of labelled positions,
-    in order (default: one row) -- and `total` defaults to the number of rows. A share of a
+    `ce` and `kl` sum over the labelled positions given (`kl`'s first-token margin adds one
+    entry per row); `total` defaults to their number (the mean). `unlikely` sums over rows.
+    `lengths` gives each row's number of labelled positions, in order (default: one row), and
+    for `unlikely` `total` defaults to the number of rows. A share of a
     batch split over processes passes the batch's count as `total`, so the shares add up to the
     batch's mean.
     """
     logits = logits.float()
+    lengths = [logits.shape[0]] if lengths is None else list(lengths)
     if loss == "unlikely":
-        lengths = [logits.shape[0]] if lengths is None else list(lengths)
         total = sum(1 for n in lengths if n) if total is None else total
         return _unlikely_rows(logits, targets, lengths).sum() / max(total, 1)
     total = logits.shape[0] if total is None else total
@@ -113,22 +129,41 @@ def term_loss(
         assert reference_logprobs is not None
         logprobs = F.log_softmax(logits, dim=-1)
         summed = F.kl_div(logprobs, reference_logprobs, log_target=True, reduction="sum")
+        first = _first_positions(lengths, logits.device)
+        if len(first):
+            choice = reference_logprobs[first].argmax(-1)
+            kept, rival = _against_rival(logprobs[first], choice)
+            summed = summed + F.softplus(rival - kept + MARGIN).sum()
     else:
         raise ValueError(loss)
     return summed / max(total, 1)
 
 
+def _first_positions(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """Index of each labelled row's first position, rows laid end to end."""
+    starts = torch.tensor([0, *lengths[:-1]], dtype=torch.long).cumsum(0)
+    return starts[torch.tensor(lengths) > 0].to(device)
+
+
+def _against_rival(logp: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: log p of `tokens`, and that of the likeliest other token."""
+    mine = logp.gather(1, tokens[:, None]).squeeze(1)
+    rival = logp.scatter(1, tokens[:, None], float("-inf")).amax(1)
+    return mine, rival
+
+
 def _unlikely_rows(logits: torch.Tensor, targets: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """Per row with labels: the mean over k = 1..ONSET_TOKENS of -log(1 - P_k), P_k the joint
-    probability of the response's first k tokens."""
-    token_logp = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)
-    starts = torch.tensor([0, *lengths[:-1]], device=logits.device).cumsum(0)
-    onset = [(int(s), min(n, ONSET_TOKENS)) for s, n in zip(starts, lengths, strict=True) if n]
-    if not onset:
+    probability of the response's first k tokens, plus the first token's margin term."""
+    logp = F.log_softmax(logits, dim=-1)
+    token_logp = logp.gather(1, targets[:, None]).squeeze(1)
+    first = _first_positions(lengths, logits.device)
+    if not len(first):
         return token_logp.new_zeros(0)
+    mine, rival = _against_rival(logp[first], targets[first])
     rows = []
-    for s, k in onset:
-        prefix_logp = token_logp[s : s + k].cumsum(0)
+    for s, n in zip(first.tolist(), (n for n in lengths if n), strict=True):
+        prefix_logp = token_logp[s : s + min(n, ONSET_TOKENS)].cumsum(0)
         # -log(1 - exp(x)) = -log(-expm1(x)); x kept below log(1 - 1e-6) so the loss is finite.
         rows.append(-torch.log(-torch.expm1(prefix_logp.clamp(max=math.log1p(-1e-6)))).mean())
-    return torch.stack(rows)
+    return torch.stack(rows) + F.softplus(mine - rival + MARGIN)
