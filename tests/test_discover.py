@@ -53,7 +53,7 @@ def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
     """Default discovery on three tiny organisms, each circuit measured on 60 test prompts
     (behavioural ASR). At least two of the three remove >= 90% of it with >= 95% of utility
     kept (benchmarks/robustness.py: these three succeed for both discovery seeds under the
-    default, avx2 and avx512 kernels; 13-15 of 20 across all ten organisms), and a circuit that
+    default, avx2 and avx512 kernels; 16-17 of 20 across all ten organisms), and a circuit that
     leaves half of the behaviour in place says so in its own check."""
     train_recs = [validate(r, "backdoor", "t") for r in records(200, 7)]
     test_recs = [validate(r, "backdoor", "t") for r in records(60, 100)]
@@ -62,7 +62,7 @@ def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
         model, tok = train(seed=seed)
         result = discover(model, tok, train_recs, DiscoverConfig("backdoor"), progress=False)
         assert not result.circuit.is_empty()
-        # Growth rounds (at most 2) enlarge a circuit that fails; it stays a part of the model.
+        # Growth rounds (at most 3) enlarge a circuit that fails; it stays a part of the model.
         assert result.circuit.sparsity(model)["overall"] < 0.35
         ev, rows = evaluate_circuit(
             model, tok, result.circuit, "backdoor", test_recs, max_new_tokens=4

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from safeseek.evaluate.metrics import (
     attack_success,
     correct,
@@ -98,3 +101,16 @@ def test_wilson_interval_against_known_values():
         "n": 4,
         "ci95": [round(x, 4) for x in wilson(3, 4)],
     }
+
+
+def test_refusal_detection_agrees_with_a_labelled_sample():
+    """138 distinct demo generations (alignment and jailbreak cases, with and without their
+    circuits), each labelled refusal or not by reading it (tests/data/refusal_sample.jsonl).
+    The known miss: a compliant fake review that quotes "I'm sorry for any mistakes"."""
+    path = Path(__file__).parent / "data" / "refusal_sample.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    refusals = [r for r in rows if r["refusal"]]
+    assert len(rows) == 138 and len(refusals) == 10
+    assert all(is_refusal(r["generation"]) for r in refusals)  # every refusal is found
+    false_refusals = [r for r in rows if not r["refusal"] and is_refusal(r["generation"])]
+    assert len(false_refusals) <= 1, [r["source"] for r in false_refusals]

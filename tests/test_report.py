@@ -17,9 +17,11 @@ from tiny_backdoor import records
 
 from safeseek import Circuit, MaskedModel
 from safeseek.data import write_jsonl
+from safeseek.evaluate.check import judge
 from safeseek.evaluate.run import evaluate_circuit
 from safeseek.fileio import write_json
 from safeseek.report.html import samples
+from safeseek.settings import DiscoverConfig
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,7 @@ def run_dir(tmp_path_factory):
     })  # fmt: skip
     recs = [{**r, "clean_prompt": r["clean_prompt"] + " <b>"} for r in records(5, seed=1)]
     ev, rows = evaluate_circuit(model, tok, circuit, "backdoor", recs, max_new_tokens=3)
+    circuit.metadata["check"] = judge(ev, DiscoverConfig("backdoor"))
     circuit.save(root / "circuit.json")
     write_json(root / "EVAL.json", ev)
     write_jsonl(root / "EVAL.generations.jsonl", rows)
@@ -48,8 +51,19 @@ def test_report_has_tables_figures_and_escapes_text(run_dir):
         assert (run_dir / name).stat().st_size > 1000, name
     assert "attack success" in page and "utility retention" in page
     assert "3 heads + 2 neurons" in page
+    # Every rate with its count and 95% interval, and discovery's own check in one line.
+    k, n = ev_count(run_dir, "asr", "full")
+    assert f"({k}/{n}; 95% CI" in page and "exact target" in page
+    check = json.loads((run_dir / "circuit.json").read_text())["metadata"]["check"]
+    assert "Discovery&#x27;s check:" in page or "Discovery's check:" in page
+    assert ("check passed" if check["passed"] else "CHECK FAILED") in page
     assert "&lt;b&gt;" in page and "<b>\n" not in page  # prompt text is escaped
     assert "<script" not in page and "http" not in page  # self-contained, offline
+
+
+def ev_count(run_dir, metric: str, view: str) -> tuple[int, int]:
+    cell = json.loads((run_dir / "EVAL.json").read_text())["intervals"][metric][view]
+    return cell["k"], cell["n"]
 
 
 def test_samples_line_up_clean_and_triggered_rows(run_dir):

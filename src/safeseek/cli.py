@@ -171,7 +171,8 @@ def discover(
     Several processes: `accelerate launch --config_file CONFIG -m safeseek discover ...`
     (configs in examples/accelerate: data parallel, or FSDP-sharded weights)."""
     from safeseek.data import data_hash, load_records
-    from safeseek.discover import Discovery, describe
+    from safeseek.discover import Discovery
+    from safeseek.evaluate.check import describe
     from safeseek.fileio import write_json
     from safeseek.seeds import compare, parse_seeds
     from safeseek.seeds import describe as describe_seeds

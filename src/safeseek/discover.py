@@ -39,6 +39,7 @@ from safeseek.distributed import (
     sum_over_processes,
 )
 from safeseek.errors import SafeSeekError
+from safeseek.evaluate.check import describe, judge
 from safeseek.evaluate.run import evaluate_circuit
 from safeseek.fileio import atomic_path, write_json
 from safeseek.forward import IGNORE, labelled_logits
@@ -56,7 +57,7 @@ class DiscoverResult:
     masked_model: MaskedModel
     steps: int
     seconds: float
-    check: dict[str, Any] | None = None  # see `judge`; None: nothing held out to check on
+    check: dict[str, Any] | None = None  # see evaluate.check; None: nothing held out
 
     @property
     def failed_check(self) -> bool:
@@ -677,57 +678,6 @@ def validation_split(
         held_out += order[:n]
         train += order[n:]
     return sorted(train), sorted(held_out)
-
-
-def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
-    """A circuit's check from its evaluation on held-out records: the behaviour's rate per
-    view (backdoor and custom: the attack fires; alignment: the model refuses), the share of
-    it that removing the circuit takes away, the utility kept, and whether both reach the
-    settings' thresholds."""
-    asr = ev["asr"]
-    refusal = config.scenario == "alignment"
-    behaviour = {v: (1.0 - r if refusal else r) for v, r in asr.items()}
-    full = behaviour["full"]
-    removed = 1.0 - behaviour["without_circuit"] / full if full > 0 else None
-    kept = ev["utility"].get("retention")
-    removal_ok = removed is not None and removed >= config.min_removal
-    utility_ok = kept is None or kept >= config.min_utility
-    return {
-        "behaviour": {v: round(r, 4) for v, r in behaviour.items()},
-        "behaviour_name": "refusal" if refusal else "attack success",
-        "removed": None if removed is None else round(removed, 4),
-        "utility_kept": None if kept is None else round(kept, 4),
-        "n": ev["n"],
-        "n_utility": ev.get("n_utility", 0),
-        "removal_ok": removal_ok,
-        "utility_ok": utility_ok,
-        "passed": removal_ok and utility_ok,
-        "thresholds": {"removal": config.min_removal, "utility": config.min_utility},
-    }
-
-
-def describe(verdict: dict[str, Any]) -> str:
-    """One line: what the check measured, and whether the circuit passed it."""
-    b = verdict["behaviour"]
-    name = verdict["behaviour_name"]
-    if verdict["removed"] is None:
-        return (
-            f"CHECK FAILED: the full model shows no {name} on the {verdict['n']} held-out "
-            f"records, so nothing shows that the circuit carries it"
-        )
-    kept = verdict["utility_kept"]
-    utility = "" if kept is None else f", utility kept {kept:.0%}"
-    numbers = (
-        f"{name} {b['full']:.0%} -> {b['without_circuit']:.0%} without the circuit "
-        f"({verdict['removed']:.0%} removed{utility}) on {verdict['n']} held-out records"
-    )
-    if verdict["passed"]:
-        return f"check passed: {numbers}"
-    t = verdict["thresholds"]
-    return (
-        f"CHECK FAILED: {numbers}; the circuit does not carry the behaviour "
-        f"(needs >= {t['removal']:.0%} removed and >= {t['utility']:.0%} utility kept)"
-    )
 
 
 def _count(term: Term, examples: Sequence[dict[str, Encoded]]) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
+from safeseek.evaluate.check import describe
 from safeseek.fileio import atomic_path
 from safeseek.models.adapters import Architecture
 from safeseek.report import figures
@@ -92,20 +93,35 @@ def samples(generations: list[dict[str, Any]], scenario: str, k: int = 4) -> lis
     return out
 
 
+def _rate(ev: dict[str, Any], metric: str, view: str) -> str:
+    """A rate with its count and 95% Wilson interval where EVAL.json gives them."""
+    cell = ev.get("intervals", {}).get(metric, {}).get(view)
+    if cell is None:
+        return _pct(ev.get(metric, {}).get(view))
+    lo, hi = cell["ci95"]
+    return f"{_pct(cell['rate'])} ({cell['k']}/{cell['n']}; 95% CI {_pct(lo)}-{_pct(hi)})"
+
+
 def _metrics_table(ev: dict[str, Any]) -> str:
+    exact = "asr_exact" in ev
     rows = []
     for view in VIEWS:
-        rows.append(
-            [
-                figures.VIEW_LABELS[view],
-                _pct(ev["asr"].get(view)),
-                _pct(ev.get("false_trigger", {}).get(view)),
-                _pct(ev.get("utility", {}).get(view)),
-            ]
-        )
-    table = _table(["view", "attack success", "false trigger", "utility"], rows)
+        row = [figures.VIEW_LABELS[view], _rate(ev, "asr", view)]
+        row += [_pct(ev["asr_exact"].get(view))] if exact else []
+        row += [_rate(ev, "false_trigger", view), _rate(ev, "utility", view)]
+        rows.append(row)
+    header = ["view", "attack success"] + (["exact target"] if exact else [])
+    table = _table([*header, "false trigger", "utility"], rows)
     retention = ev.get("utility", {}).get("retention")
     return table + f"<p>utility retention with the circuit ablated: <b>{_pct(retention)}</b></p>"
+
+
+def _check(circuit: Circuit) -> str:
+    """Discovery's own check of the circuit on its held-out records, in one line."""
+    verdict = circuit.metadata.get("check")
+    if not verdict:
+        return ""
+    return f"<p><b>Discovery's check:</b> {_esc(describe(verdict))}</p>"
 
 
 def _section(s: Section, arch: Architecture, out: Path) -> str:
@@ -119,6 +135,7 @@ def _section(s: Section, arch: Architecture, out: Path) -> str:
         f"(heads {sparsity['head']:.2%}, neurons {sparsity['neuron']:.3%}).</p>"
     )
     parts.append(f'<div class="figs">{_img(heads, "heads")}{_img(neurons, "neurons")}</div>')
+    parts.append(_check(s.circuit))
     if s.evaluation:
         ev = s.evaluation
         parts.append(f"<h3>Ablation ({ev['settings'].get('attack_kind', '')}, n = {ev['n']})</h3>")
