@@ -53,7 +53,7 @@ def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
     """Default discovery on three tiny organisms, each circuit measured on 60 test prompts
     (behavioural ASR). At least two of the three remove >= 90% of it with >= 95% of utility
     kept (benchmarks/robustness.py: these three succeed for both discovery seeds under the
-    default, avx2 and avx512 kernels; 16-17 of 20 across all ten organisms), and a circuit that
+    default, avx2 and avx512 kernels; 16 of 20 across all ten organisms), and a circuit that
     leaves half of the behaviour in place says so in its own check."""
     train_recs = [validate(r, "backdoor", "t") for r in records(200, 7)]
     test_recs = [validate(r, "backdoor", "t") for r in records(60, 100)]
@@ -277,11 +277,11 @@ def test_a_circuit_that_does_not_carry_the_behaviour_says_so(organism, tmp_path)
 
 
 def test_a_circuit_that_removes_too_little_is_grown(organism):
-    """With a penalty that stops the first round at an empty circuit, the failed removal
-    check starts a second round at a quarter of the weight, which finds the circuit."""
+    """With a penalty that stops the first round at an empty circuit, each failed removal
+    check starts another round at a quarter of the weight, until one finds the circuit."""
     _, model, tok = organism
     recs = [validate(r, "backdoor", "t") for r in records(120, 3)]
-    config = DiscoverConfig("backdoor", steps=60, sparsity_weight=2.0, retries=3)
+    config = DiscoverConfig("backdoor", steps=150, sparsity_weight=1.0, retries=3)
     run = Discovery(model, tok, recs, config, progress=False)
     result = run.run()
     assert result.circuit.metadata["selection"]["rounds"] > 1
@@ -289,42 +289,64 @@ def test_a_circuit_that_removes_too_little_is_grown(organism):
     assert not result.circuit.is_empty()
 
 
-def test_rounds_after_a_failed_check_keep_the_circuit_and_reweigh(organism, tmp_path):
-    """Utility failed: the next round weighs preservation 4x; removal failed: the sparsity
-    weight drops to a quarter. Either way the units found stay in, also across a resume."""
+def test_rounds_after_a_failed_check_reweigh_and_the_best_round_is_kept(organism, tmp_path):
+    """Removal failed: the next round drops the sparsity weight to a quarter and keeps the
+    units found; utility failed: the next round weighs preservation 4x and may drop units.
+    The run ends with the best round's circuit, also across a resume."""
     _, model, tok = organism
     recs = [validate(r, "backdoor", "t") for r in records(120, 3)]
     config = DiscoverConfig("backdoor", steps=30, retries=2)
     run = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False)
+    heads = run.mm.masks["head"].logits
     with torch.no_grad():
-        run.mm.masks["head"].logits.fill_(-2.0)
-        run.mm.masks["head"].logits[0, 1] = 0.5  # the circuit: one head
-    verdicts = iter([(True, False), (False, True)])  # (removal ok, utility ok) per round
+        heads.fill_(-2.0)
+        heads[0, 1] = 0.5  # the circuit: one head
+    # The checks' outcomes, planted (their measurement is tested above): removal fails, then
+    # utility fails, then removal fails again -- worse than the second round's.
+    verdicts = iter([(False, True, 0.2), (True, False, 0.9), (False, True, 0.1)])
 
-    def verify():  # the check's outcome, planted; its measurement is tested above
-        removal_ok, utility_ok = next(verdicts)
+    def verify():
+        removal_ok, utility_ok, removed = next(verdicts)
         passed = removal_ok and utility_ok
-        return {"behaviour": {"full": 1.0}, "removal_ok": removal_ok, "passed": passed}
+        return {
+            "behaviour": {"full": 1.0},
+            "removal_ok": removal_ok,
+            "utility_ok": utility_ok,
+            "removed": removed,
+            "utility_kept": 0.9,
+            "passed": passed,
+        }
 
     run.verify = verify
     run.end_round()
-    assert (run.round, run.guarded, run.grown) == (1, 1, 0)
-    assert run._weight("without_clean") == 4.0 * 4 and run._weight("without_backdoor") == 1.0
-    assert run.sparsity.weight == config.sparsity_weight
+    assert (run.round, run.grown, run.guarded) == (1, 1, 0)
+    assert run.sparsity.weight == config.sparsity_weight * 0.25
+    assert run._weight("without_clean") == 4.0
     with torch.no_grad():  # a step that would push the head out: the penalty alone
-        run.mm.masks["head"].logits[0, 1] = -5.0
+        heads[0, 1] = -5.0
     run._hold_members()
     assert run.mm.masks["head"].hard()[0, 1] and run.mm.masks["head"].hard().sum() == 1
+    with torch.no_grad():
+        heads[1, 2] = 3.0  # round 2 adds a head
     run.end_round()
-    assert (run.round, run.guarded, run.grown) == (2, 1, 1)
-    assert run.sparsity.weight == config.sparsity_weight * 0.25
+    assert (run.round, run.grown, run.guarded) == (2, 1, 1)
+    assert run._weight("without_clean") == 4.0 * 4 and run._weight("without_backdoor") == 1.0
+    assert run.members == {}  # a guarded round may drop units
+    second = run.mm.masks["head"].hard().clone()
     run.save_checkpoint()
     again = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False)
     assert again.load_checkpoint()
-    assert (again.round, again.guarded, again.grown) == (2, 1, 1)
+    assert (again.round, again.grown, again.guarded) == (2, 1, 1)
     assert again.sparsity.weight == run.sparsity.weight
     assert again._weight("without_clean") == run._weight("without_clean")
-    assert torch.equal(again.members["head"], run.members["head"])
+    assert again.best_round["round"] == 1
+    again.verify = verify
+    with torch.no_grad():
+        again.mm.masks["head"].logits.fill_(-2.0)  # round 3 ends worse, with another circuit
+        again.mm.masks["head"].logits[0, 0] = 2.0
+    verdict = again.end_round()
+    assert again.done and verdict["removed"] == 0.9  # round 2's check, and its circuit
+    assert torch.equal(again.mm.masks["head"].hard(), second)
 
 
 def test_non_finite_loss_stops_with_a_message():

@@ -169,12 +169,14 @@ class Discovery:
         self.stale_checks = 0
         self.stopped = False  # this round stopped improving
         # A round ends after `steps` steps or when it stops improving. A circuit that fails
-        # its check starts another round that only adds units: with a lower sparsity weight
-        # when it removes too little (`grown` rounds), with heavier preservation terms when it
-        # keeps too little utility (`guarded` rounds). `members`: the units kept so far.
+        # its check starts another round: one that only adds units, with a lower sparsity
+        # weight, when it removes too little (`grown` rounds; `members`: the units it keeps),
+        # else one with heavier preservation terms (`guarded` rounds). The run returns the
+        # best round's circuit (`best_round`: its check, round and logits), not the last.
         self.round = 0
         self.grown = self.guarded = 0
         self.members: dict[str, torch.Tensor] = {}
+        self.best_round: dict[str, Any] | None = None
         self.round_start = 0
         self.done = False
         self.verdict: dict[str, Any] | None = None
@@ -350,12 +352,17 @@ class Discovery:
         return judge(ev, self.config)
 
     def end_round(self) -> dict[str, Any] | None:
-        """Keep the round's best circuit and check it. A circuit that fails grows in a new
-        round that keeps its units: with the sparsity weight times retry_factor when it
-        removes too little of the behaviour, else (it keeps too little utility) with the
-        preservation terms divided by it. Otherwise the run is done."""
+        """Keep the round's best circuit and check it. A circuit that removes too little
+        grows in a new round that keeps its units, with the sparsity weight times
+        retry_factor; one that keeps too little utility gets a round with the preservation
+        terms divided by it. When no round is left, the run keeps the best round's circuit."""
         self.restore_best()
         verdict = self.verify() if self.val_records else None
+        if verdict is not None and (
+            self.best_round is None or _rank(verdict) > _rank(self.best_round["verdict"])
+        ):
+            logits = {g: m.logits.detach().clone() for g, m in self.mm.masks.items()}
+            self.best_round = {"verdict": verdict, "round": self.round, "logits": logits}
         again = (
             verdict is not None
             and not verdict["passed"]
@@ -366,33 +373,39 @@ class Discovery:
         if again:
             assert verdict is not None
             self.round += 1
-            if verdict["removal_ok"]:
-                self.guarded += 1
-            else:
-                self.grown += 1
+            grow = not verdict["removal_ok"]
+            self.grown += grow
+            self.guarded += not grow
             self.round_start = self.step
             self.sparsity.weight = self._round_weight()
             self.best, self.stale_checks, self.stopped = None, 0, False
-            # The units found stay in (on tiny organisms, rounds free to drop them traded the
-            # removal for utility and back); the others start again from the initial logit:
-            # a high penalty may have pushed them far below it, and growing must not wait.
-            self.members = {g: m.hard().clone() for g, m in self.mm.masks.items()}
+            # Growing keeps the units found (on tiny organisms, rounds free to drop them traded
+            # the removal for utility and back); a guarded round may drop the units that cost
+            # utility. Units outside start again from the initial logit at most: a high
+            # penalty may have pushed them far below it, and growing must not wait for them.
+            self.members = {g: m.hard().clone() for g, m in self.mm.masks.items()} if grow else {}
             with torch.no_grad():
                 for m in self.mm.masks.values():
                     m.logits.clamp_(min=self.config.init_logit)
             self._hold_members()
         else:
             self.done = True
+            if self.best_round is not None and self.best_round["verdict"] is not verdict:
+                with torch.no_grad():
+                    for g, m in self.mm.masks.items():
+                        m.logits.copy_(self.best_round["logits"][g])
+                verdict = self.best_round["verdict"]
         self.verdict = verdict
         return verdict
 
     @torch.no_grad()
     def _hold_members(self) -> None:
-        """Keep the units of earlier rounds in the circuit (their logits at -init_logit or
-        above)."""
+        """Keep the units of earlier rounds in the circuit: their logits at least as far
+        inside as the initial logit is outside (at least 1)."""
+        floor = max(abs(self.config.init_logit), 1.0)
         for g, keep in self.members.items():
             logits = self.mm.masks[g].logits
-            logits[keep] = logits[keep].clamp(min=abs(self.config.init_logit))
+            logits[keep] = logits[keep].clamp(min=floor)
 
     def _round_weight(self) -> float:
         assert self.config.sparsity_weight is not None
@@ -453,6 +466,8 @@ class Discovery:
         if self.best is not None:
             tensors.update({f"best.{g}": v.cpu() for g, v in self.best["logits"].items()})
         tensors.update({f"members.{g}": v.cpu() for g, v in self.members.items()})
+        if self.best_round is not None:
+            tensors.update({f"round.{g}": v.cpu() for g, v in self.best_round["logits"].items()})
         groups = {}
         for name, opt in (("opt", self.optimizer), ("lagrangian", self.lagrangian)):
             state = opt.state_dict()
@@ -468,6 +483,9 @@ class Discovery:
             "round": self.round,
             "grown": self.grown,
             "guarded": self.guarded,
+            "best_round": None
+            if self.best_round is None
+            else {k: self.best_round[k] for k in ("verdict", "round")},
             "round_start": self.round_start,
             "done": self.done,
             "verdict": self.verdict,
@@ -533,6 +551,9 @@ class Discovery:
         if meta.get("best") is not None:
             logits = {g: tensors[f"best.{g}"].to(device) for g in self.mm.masks}
             self.best = {**meta["best"], "logits": logits}
+        if meta.get("best_round") is not None:
+            logits = {g: tensors[f"round.{g}"].to(device) for g in self.mm.masks}
+            self.best_round = {**meta["best_round"], "logits": logits}
         return True
 
     # -- the run -------------------------------------------------------------------------
@@ -597,6 +618,8 @@ class Discovery:
                 validation_records=len(self.val_examples),
                 sparsity_weight=self.sparsity.weight,
             )
+        if self.best_round is not None:
+            selection["round_kept"] = self.best_round["round"] + 1
         circuit = self.mm.circuit(
             seed=self.config.seed,
             data_hash=self.data_hash,
@@ -623,7 +646,9 @@ class Discovery:
         line += f" (sparsity weight {weight:g})"
         if verdict is not None:
             line += "; " + describe(verdict)
-        if not self.done and self.verdict is not None and self.verdict["removal_ok"]:
+        if self.done and self.best_round is not None and self.best_round["round"] != number - 1:
+            line += f"; kept round {self.best_round['round'] + 1}'s circuit, the best checked"
+        elif not self.done and self.verdict is not None and self.verdict["removal_ok"]:
             scale = 1 / self.config.retry_factor**self.guarded
             line += f"; growing it with the preservation terms weighted x{scale:g}"
         elif not self.done:
@@ -654,6 +679,14 @@ class Discovery:
         self.out.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
         write_json(self.out / "settings.json", self._settings())
+
+
+def _rank(verdict: dict[str, Any]) -> tuple:
+    """Order of checks: passed, then removal ok, then utility ok, then the share removed (for
+    circuits that remove too little) or the utility kept (for those that remove enough)."""
+    measure = "utility_kept" if verdict["removal_ok"] else "removed"
+    ok = (verdict["passed"], verdict["removal_ok"], verdict.get("utility_ok", True))
+    return (*ok, verdict.get(measure) or 0.0)
 
 
 # A check must lower the validation objective by more than this to count as progress.
