@@ -285,7 +285,7 @@ def test_a_circuit_that_removes_too_little_is_grown(organism):
     run = Discovery(model, tok, recs, config, progress=False)
     result = run.run()
     assert result.circuit.metadata["selection"]["rounds"] > 1
-    assert run.sparsity.weight == 2.0 * 0.25**run.grown
+    assert run.sparsity.weight == 1.0 * 0.25**run.grown
     assert not result.circuit.is_empty()
 
 

@@ -172,6 +172,7 @@ def discover(
     (configs in examples/accelerate: data parallel, or FSDP-sharded weights)."""
     from safeseek.data import data_hash, load_records
     from safeseek.discover import Discovery
+    from safeseek.distributed import fsdp_requested
     from safeseek.evaluate.check import describe
     from safeseek.fileio import write_json
     from safeseek.seeds import compare, parse_seeds
@@ -181,6 +182,10 @@ def discover(
     seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     if seeds is not None and method != "mask":
         raise SafeSeekError("--seeds is for the mask method; run a baseline once per --seed")
+    if seeds is not None and fsdp_requested():
+        raise SafeSeekError(
+            "--seeds is not tested with FSDP-sharded weights; launch once per --seed"
+        )
     records = load_records(data, scenario)
     if method != "mask":
         grans = tuple(g.strip() for g in granularity.split(",") if g.strip())
