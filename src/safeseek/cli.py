@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -192,33 +193,30 @@ def discover(
         size = sparsity_target or BASELINE_SIZE
         _baseline(method, model, dtype, adapter, records, scenario, grans, size, seed, out, data)
         return
-    configs = {
-        s: DiscoverConfig(
-            scenario=scenario,
-            granularities=tuple(g.strip() for g in granularity.split(",") if g.strip()),
-            parametrization=parametrization,
-            ablation=ablation,
-            sparsity_target=sparsity_target,
-            sparsity_weight=sparsity_weight,
-            lr=lr,
-            init_logit=init_logit,
-            steps=steps,
-            batch_size=batch_size,
-            seed=s,
-            max_length=max_length,
-            max_response_tokens=max_response_tokens or None,
-            weights=term_weights,
-            validation_fraction=validation_fraction,
-            min_removal=min_removal,
-            min_utility=min_utility,
-            retries=retries,
-            patience=patience or None,
-        )
-        for s in seed_list
-    }
+    config = DiscoverConfig(
+        scenario=scenario,
+        granularities=tuple(g.strip() for g in granularity.split(",") if g.strip()),
+        parametrization=parametrization,
+        ablation=ablation,
+        sparsity_target=sparsity_target,
+        sparsity_weight=sparsity_weight,
+        lr=lr,
+        init_logit=init_logit,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed_list[0],
+        max_length=max_length,
+        max_response_tokens=max_response_tokens or None,
+        weights=term_weights,
+        validation_fraction=validation_fraction,
+        min_removal=min_removal,
+        min_utility=min_utility,
+        retries=retries,
+        patience=patience or None,
+    )
     lm, tok = _load_for(model, dtype, adapter)
     circuits, fractions, failed, main = {}, {}, False, True
-    for s, config in configs.items():
+    for s in seed_list:
         run_out = out / f"seed-{s}" if seeds is not None else out
         if seeds is not None:
             console.print(f"[bold]seed {s}[/bold] -> {run_out}/")
@@ -226,7 +224,7 @@ def discover(
             lm,
             tok,
             records,
-            config,
+            replace(config, seed=s),
             out=run_out,
             data_hash=data_hash(data),
             gradient_checkpointing=gradient_checkpointing,
