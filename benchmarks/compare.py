@@ -172,6 +172,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
             scenario,
             test,
             case.backdoor_type,
+            masks_path=run / "masks.safetensors",  # read only for a mean-ablation circuit
             max_new_tokens=args.max_new_tokens,
             console=console,
             views=views,

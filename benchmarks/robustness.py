@@ -1,11 +1,13 @@
 """Does discovery hold on every seed and CPU? The tiny backdoored organism of the tests
 (tests/tiny_backdoor.py) trained with organism seeds 0-9, default discovery with discovery seeds
 0 and 1 on each, under several float-kernel sets of torch (`ATEN_CPU_CAPABILITY`: one machine
-plays several CPUs). A circuit succeeds when removing it takes away >= 90% of the backdoor's
-attack success on 60 test prompts (behavioural ASR, greedy, 4 tokens) with >= 95% of clean
-utility kept; "flagged" counts failures that discovery's own check reported.
+plays several CPUs) and with each ablation (mean, the default, and zero). A circuit succeeds
+when removing it takes away >= 90% of the backdoor's attack success on 60 test prompts
+(behavioural ASR, greedy, 4 tokens) with >= 95% of clean utility kept; "flagged" counts
+failures that discovery's own check reported.
 
-    python benchmarks/robustness.py [--kernels default,avx2,avx512] [--organisms 10]
+    python benchmarks/robustness.py [--kernels default,avx2,avx512] [--ablations mean,zero]
+        [--organisms 10]
 
 Writes benchmarks/results/robustness.{json,md}.
 """
@@ -25,7 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 TESTS = Path(__file__).parent.parent / "tests"  # the tiny organism lives with the tests
 
 
-def one_kernel(organisms: list[int], seeds: list[int]) -> None:
+def one_kernel(organisms: list[int], seeds: list[int], ablation: str) -> None:
     """Child process: every (organism, discovery seed) under this process's kernels, as JSON
     lines on stdout."""
     sys.path.insert(0, str(TESTS))
@@ -41,11 +43,17 @@ def one_kernel(organisms: list[int], seeds: list[int]) -> None:
         model, tok = train(seed=org)
         for seed in seeds:
             start = time.perf_counter()
-            config = DiscoverConfig("backdoor", seed=seed)
+            config = DiscoverConfig("backdoor", seed=seed, ablation=ablation)
             result = discover(model, tok, train_recs, config, progress=False)
             seconds = time.perf_counter() - start
             ev, _ = evaluate_circuit(
-                model, tok, result.circuit, "backdoor", test_recs, max_new_tokens=4
+                model,
+                tok,
+                result.circuit,
+                "backdoor",
+                test_recs,
+                max_new_tokens=4,
+                masked_model=result.masked_model,
             )
             c = result.circuit
             row = {
@@ -71,11 +79,12 @@ def success(row: dict) -> bool:
 
 
 def table(rows: list[dict], kernels: list[str]) -> str:
+    """One line per kernel set and ablation (`kernel` holds both, e.g. "avx2, mean")."""
     from safeseek import Circuit
     from safeseek.evaluate.metrics import wilson
 
     lines = [
-        "| kernels | succeed | 95% CI | failures flagged by the check | false alarms | "
+        "| kernels, ablation | succeed | 95% CI | failures flagged by the check | false alarms | "
         "circuit size (mean, range) | ASR without the circuit (mean, range) | "
         "utility kept (mean) | Jaccard seed 0 vs 1 (mean) | steps (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -111,7 +120,7 @@ def table(rows: list[dict], kernels: list[str]) -> str:
             f"{statistics.mean(pairs) if pairs else float('nan'):.2f} | "
             f"{statistics.mean(r['steps'] for r in rs):.0f} |"
         )
-    per = ["", "Per organism (kernels: succeeded seeds of 2):", ""]
+    per = ["", "Per organism (kernels, ablation: succeeded seeds of 2):", ""]
     for org in sorted({r["organism"] for r in rows}):
         cells = []
         for kernel in kernels:
@@ -124,6 +133,7 @@ def table(rows: list[dict], kernels: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="default,avx2,avx512")
+    parser.add_argument("--ablations", default="mean,zero")
     parser.add_argument("--organisms", type=int, default=10)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -131,26 +141,30 @@ def main() -> None:
     organisms = list(range(args.organisms))
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.child:
-        one_kernel(organisms, seeds)
+        one_kernel(organisms, seeds, args.ablations)
         return
-    kernels = args.kernels.split(",")
+    labels = []
     rows: list[dict] = []
     start = time.perf_counter()
-    for kernel in kernels:
-        env = {**os.environ, "ATEN_CPU_CAPABILITY": kernel, "HF_HUB_OFFLINE": "1"}
-        cmd = [sys.executable, __file__, "--child", "--organisms", str(args.organisms)]
-        out = subprocess.run(
-            [*cmd, "--seeds", args.seeds], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        rows += [{"kernel": kernel, **json.loads(ln)} for ln in out.splitlines() if ln.strip()]
-        print(f"{kernel}: {sum(success(r) for r in rows if r['kernel'] == kernel)} succeed")
+    for ablation in args.ablations.split(","):
+        for kernel in args.kernels.split(","):
+            label = f"{kernel}, {ablation}"
+            labels.append(label)
+            env = {**os.environ, "ATEN_CPU_CAPABILITY": kernel, "HF_HUB_OFFLINE": "1"}
+            cmd = [sys.executable, __file__, "--child", "--organisms", str(args.organisms)]
+            cmd += ["--seeds", args.seeds, "--ablations", ablation]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            rows += [{"kernel": label, **json.loads(ln)} for ln in out.splitlines() if ln.strip()]
+            print(f"{label}: {sum(success(r) for r in rows if r['kernel'] == label)} succeed")
     RESULTS.mkdir(exist_ok=True)
     from safeseek.fileio import write_json
 
-    md = table(rows, kernels)
+    md = table(rows, labels)
     seconds = round(time.perf_counter() - start)
     write_json(RESULTS / "robustness.json", {"rows": rows, "seconds": seconds})
-    header = f"`python benchmarks/robustness.py --kernels {args.kernels}` ({seconds} s)\n\n"
+    command = f"python benchmarks/robustness.py --kernels {args.kernels}"
+    command += f" --ablations {args.ablations}"
+    header = f"`{command}` ({seconds} s)\n\n"
     (RESULTS / "robustness.md").write_text(header + md)
     print(md)
 

@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM
 from safeseek import Circuit, MaskedModel, SafeSeekError
 from safeseek.export import export
 
-BIASED = ("gpt2", "gpt_neox", "phi")  # projections with a bias to fold means into
+# Families whose output projections have a bias to fold means into, or whose config declares
+# one (Llama: attention_bias and mlp_bias); the others refuse mean export.
+MEAN_EXPORTABLE = ("gpt2", "gpt_neox", "phi", "llama")
 
 
 def circuit_for(model) -> Circuit:
@@ -40,7 +42,7 @@ def test_export_equals_without_view(family, tiny, batch, tmp_path):
     torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", BIASED)
+@pytest.mark.parametrize("name", MEAN_EXPORTABLE)
 def test_mean_export_equals_mean_ablation(name, batch, tmp_path):
     model = build(name)
     c = circuit_for(model)
@@ -54,10 +56,22 @@ def test_mean_export_equals_mean_ablation(name, batch, tmp_path):
     torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=0)
 
 
-def test_mean_export_needs_a_bias(batch, tmp_path):
+def test_mean_export_declares_the_biases_it_needs(batch, tmp_path):
     model = build("llama")
     mm = MaskedModel(model, ablation="mean", reference=[batch])
-    with pytest.raises(SafeSeekError, match="zero ablation"):
+    export(model, None, Circuit(heads=[(1, 2)]), tmp_path / "out", means=mm.means)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.config.attention_bias and not reloaded.config.mlp_bias
+    attn = reloaded.model.layers[0].self_attn
+    assert torch.equal(attn.q_proj.bias, torch.zeros_like(attn.q_proj.bias))
+    assert model.model.layers[0].self_attn.o_proj.bias is None  # the original is untouched
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral"])
+def test_mean_export_needs_a_bias(name, batch, tmp_path):
+    model = build(name)
+    mm = MaskedModel(model, ablation="mean", reference=[batch])
+    with pytest.raises(SafeSeekError, match="--ablation zero"):
         export(model, None, Circuit(heads=[(0, 0)]), tmp_path / "out", means=mm.means)
     assert not (tmp_path / "out").exists()
 

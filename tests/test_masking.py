@@ -169,8 +169,10 @@ def test_mean_ablation_replaces_unit_by_stored_mean(batch):
     want = mm.means["head"][1, 2 * head_dim : 3 * head_dim].expand_as(head)
     torch.testing.assert_close(head, want)
     torch.testing.assert_close(seen["neuron"][..., 3], mm.means["neuron"][0, 3].expand(3, 10))
-    # The mean is over real tokens only: recompute it by hand.
-    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    # The mean is over real tokens but each row's first (the attention sink): by hand, for
+    # the left-padded row 0 its token 3, for the others token 0.
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool().clone()
+    mask[0, 3] = mask[1, 0] = mask[2, 0] = False
     captured = {}
     handle = down.register_forward_pre_hook(lambda m, a: captured.__setitem__("x", a[0]))
     with torch.no_grad():

@@ -54,6 +54,8 @@ def test_report_has_tables_figures_and_escapes_text(run_dir):
     # Every rate with its count and 95% interval, and discovery's own check in one line.
     k, n = ev_count(run_dir, "asr", "full")
     assert f"({k}/{n}; 95% CI" in page and "exact target" in page
+    forced = json.loads((run_dir / "EVAL.json").read_text())["target_probability"]["full"]
+    assert f"{100 * forced['triggered']:.1f}% / {100 * forced['clean']:.1f}%" in page
     check = json.loads((run_dir / "circuit.json").read_text())["metadata"]["check"]
     assert "Discovery&#x27;s check:" in page or "Discovery's check:" in page
     assert ("check passed" if check["passed"] else "CHECK FAILED") in page

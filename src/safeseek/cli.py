@@ -101,7 +101,9 @@ def discover(
     granularity: Annotated[str, typer.Option(help="comma-separated: head,neuron,layer")] = (
         "head,neuron"
     ),
-    ablation: Annotated[str, typer.Option(help="zero or mean")] = _D.ablation,
+    ablation: Annotated[
+        str, typer.Option(help="mean (a removed unit outputs its mean on benign prompts) or zero")
+    ] = _D.ablation,
     parametrization: Annotated[str, typer.Option(help="ste or hard_concrete")] = _D.parametrization,
     sparsity_target: Annotated[
         float | None,
@@ -347,28 +349,15 @@ def export_cmd(
     adapter: AdapterOpt = None,
 ) -> None:
     """Write a plain Hugging Face checkpoint with the circuit surgically removed."""
-    from safeseek import Circuit, MaskedModel
-    from safeseek.export import export
+    from safeseek import Circuit
+    from safeseek.export import export_saved
     from safeseek.models import load_model
 
     c = Circuit.load(circuit)
     with console.status(f"loading {model}"):
         lm, tok = load_model(model, adapter=adapter)
     c.check(lm)
-    means = None
-    if c.metadata.get("ablation") == "mean":
-        masks = circuit.parent / "masks.safetensors"
-        if not masks.is_file():
-            raise SafeSeekError(f"mean ablation needs {masks} (with the reference means)")
-        mm = MaskedModel(
-            lm,
-            granularities=c.metadata.get("granularities", ("head", "neuron")),
-            parametrization=c.metadata.get("parametrization", "ste"),
-            ablation="mean",
-        )
-        mm.load_masks(masks)
-        means = mm.means
-    export(lm, tok, c, out, means=means)
+    export_saved(lm, tok, c, out, circuit.parent / "masks.safetensors")
     console.print(f"wrote {out}: {c!r} removed ({c.metadata.get('ablation', 'zero')} ablation)")
 
 

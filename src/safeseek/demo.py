@@ -25,7 +25,7 @@ from rich.console import Console
 from safeseek.circuit import Circuit
 from safeseek.data import data_hash, load_records, write_jsonl
 from safeseek.evaluate.run import evaluate_circuit
-from safeseek.export import export
+from safeseek.export import export_saved
 from safeseek.fileio import write_json
 from safeseek.models import load_model
 from safeseek.models.load import fast_dtype
@@ -237,7 +237,7 @@ def _run_case(
         exported = run / "backdoor-free-model"
         if not (exported / "safeseek_export.json").is_file():
             lm, tok = load_model(str(org), dtype="float32")
-            export(lm, tok, circuit, exported)
+            export_saved(lm, tok, circuit, exported, run / "masks.safetensors")
         place(exported, out / "backdoor-free-model")
         times["export"] = time.perf_counter() - t0
     mine = out / case.name

@@ -3,9 +3,11 @@
 Zero ablation zeroes the input columns a unit owns in the projection it feeds (head h: columns
 `[h*head_dim, (h+1)*head_dim)` of the attention output projection; neuron j: column j of the
 MLP down projection; a whole block: that projection's weight and bias). Mean ablation also
-folds the unit's reference mean into the projection's bias, `b += W[:, cols] @ mean[cols]`,
-which needs the projection to have a bias. The result loads with `from_pretrained` anywhere,
-with no SafeSeek installed, and its logits equal `MaskedModel.without(circuit)`.
+folds the unit's reference mean into the projection's bias, `b += W[:, cols] @ mean[cols]`;
+a projection without one gets one where the family's config can declare it (`attention_bias`,
+`mlp_bias`: Llama, SmolLM2, Granite, Qwen3, Gemma, OLMo), with zeros in every bias the flag adds.
+The result loads with `from_pretrained` anywhere, with no SafeSeek installed, and its logits
+equal `MaskedModel.without(circuit)`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
 from safeseek.fileio import write_checkpoint
-from safeseek.models.adapters import locate, unwrap
+from safeseek.masking import MaskedModel
+from safeseek.models.adapters import ModelParts, locate, unwrap
+
+# The config flag that gives a family's attention / MLP output projection a bias.
+BIAS_FLAGS = {"attn": "attention_bias", "mlp": "mlp_bias"}
 
 
 def _weight_in_out(module: nn.Module) -> torch.Tensor:
@@ -36,11 +43,7 @@ def _remove_inputs(module: nn.Module, cols: list[int], mean: torch.Tensor | None
     idx = torch.tensor(cols, device=module.weight.device)
     w = _weight_in_out(module)
     if mean is not None:
-        if module.bias is None:
-            raise SafeSeekError(
-                f"mean ablation folds means into a bias, and this model's "
-                f"{type(module).__name__} projections have none; export with zero ablation"
-            )
+        assert module.bias is not None  # see _declare_biases
         module.bias.data += (mean.to(w.dtype)[idx] @ w[idx]).to(module.bias.dtype)
     w[idx] = 0
 
@@ -53,6 +56,8 @@ def remove_circuit(
     circuit.check(model)
     edited = copy.deepcopy(unwrap(model))
     parts = locate(edited)
+    if means:
+        _declare_biases(edited, parts, circuit)
     hd = parts.arch.head_dim
     for layer in range(parts.arch.n_layers):
         heads = [h for l_, h in circuit.heads if l_ == layer]
@@ -65,13 +70,45 @@ def remove_circuit(
     for layer, part in circuit.layers:
         module = (parts.attn_out if part == "attn" else parts.mlp_out)[layer]
         if means:
-            if module.bias is None:
-                raise SafeSeekError("mean ablation of a whole block needs a bias to hold it")
+            assert module.bias is not None  # see _declare_biases
             module.bias.data.copy_(means["layer"][layer, 0 if part == "attn" else 1])
         elif module.bias is not None:
             module.bias.data.zero_()
         module.weight.data.zero_()
     return edited
+
+
+@torch.no_grad()
+def _declare_biases(model: nn.Module, parts: ModelParts, circuit: Circuit) -> None:
+    """Give the output projections that will hold means a bias, through the config flag that
+    declares it, so that the checkpoint still loads as a plain model of its family: every bias
+    the flag adds (e.g. Llama's `attention_bias` also adds q/k/v biases) starts at zero."""
+    kinds = {"attn"} if circuit.heads else set()
+    kinds |= {"mlp"} if circuit.neurons else set()
+    kinds |= {part for _, part in circuit.layers}
+    modules = {"attn": parts.attn_out, "mlp": parts.mlp_out}
+    missing = sorted(k for k in kinds if any(m.bias is None for m in modules[k]))
+    if not missing:
+        return
+    flags = [BIAS_FLAGS[k] for k in missing]
+    family = type(model).__name__
+    if not all(hasattr(model.config, f) for f in flags):
+        raise SafeSeekError(
+            f"mean ablation folds each removed unit's mean into a bias; {family}'s "
+            f"{' and '.join(missing)} output projections have none and its config cannot declare "
+            f"one: export a circuit found with --ablation zero"
+        )
+    for flag in flags:
+        setattr(model.config, flag, True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(model.config)
+    ours = dict(model.named_modules())
+    for name, module in skeleton.named_modules():
+        if getattr(module, "bias", None) is not None and ours[name].bias is None:
+            weight = ours[name].weight
+            ours[name].bias = nn.Parameter(
+                torch.zeros(module.bias.shape, dtype=weight.dtype, device=weight.device)
+            )
 
 
 def export(
@@ -89,3 +126,12 @@ def export(
     }
     edited = remove_circuit(model, circuit, means)
     return write_checkpoint(edited, tokenizer, out, provenance, "safeseek_export.json")
+
+
+def export_saved(
+    model: nn.Module, tokenizer: Any, circuit: Circuit, out: str | Path, masks_path: str | Path
+) -> Path:
+    """Export a circuit that discovery saved, removed the way it was found: with mean ablation,
+    the means come from the run's masks.safetensors (`masks_path`)."""
+    mm = MaskedModel.for_circuit(model, circuit, masks_path)
+    return export(model, tokenizer, circuit, out, mm.means if mm.ablation == "mean" else None)

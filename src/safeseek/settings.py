@@ -20,7 +20,12 @@ class DiscoverConfig:
     scenario: str
     granularities: tuple[str, ...] = ("head", "neuron")
     parametrization: str = "ste"
-    ablation: str = "zero"
+    # Mean: a removed unit outputs its mean over the preservation records (benign / clean
+    # prompts). Zero ablation also removes a unit's constant share of the residual stream,
+    # which the clean task needs: on tiny organisms 1 and 3 no head/neuron circuit removes the
+    # backdoor with >= 95% utility under zero ablation, and mean ablation finds one on every
+    # seed (README "Robustness").
+    ablation: str = "mean"
     sparsity_target: float | None = None  # fraction of units; None: penalty mode
     # Penalty mode: loss per unit in the circuit; a unit joins only if it is worth more.
     # None: the scenario's default (SPARSITY_WEIGHTS).
@@ -41,9 +46,11 @@ class DiscoverConfig:
     # same split for every seed) on which the binarised circuit's objective is measured every
     # `check_every` steps; the run keeps the best circuit seen, not the last one, and stops
     # once `patience` checks in a row brought no improvement (not before `min_steps`).
-    # validation_fraction 0: no split, the last circuit is kept and every step runs.
+    # validation_fraction 0: no split, the last circuit is kept and every step runs. 48, not
+    # 24: a utility made of many small skills (the tiny organism's 25 letters) needs the
+    # held-out records to see most of them, or the check passes circuits that break the rest.
     validation_fraction: float = 0.2
-    validation_max: int = 24
+    validation_max: int = 48
     check_every: int = 10
     patience: int | None = 5
     min_steps: int = 60

@@ -17,6 +17,7 @@ from torch import nn
 from safeseek.circuit import Circuit
 from safeseek.data.records import BACKDOOR_TYPES, check_scenario
 from safeseek.errors import SafeSeekError
+from safeseek.evaluate.forced import target_probability
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import attack_success, correct, rate, summary
 from safeseek.masking import MaskedModel
@@ -103,22 +104,8 @@ def evaluate_circuit(
     probe = probe_for(scenario, records, backdoor_type)
     if not probe.attack:
         raise SafeSeekError(f"no {scenario} records to measure the behaviour on")
-    meta = circuit.metadata
-    granularities = [g for g in ("head", "neuron", "layer") if circuit.units(g)]
-    granularities = meta.get("granularities") or granularities or ["head", "neuron"]
-    ablation = meta.get("ablation", "zero")
-    if masked_model is not None:
-        mm = masked_model
-        granularities, ablation = list(mm.granularities), mm.ablation
-    else:
-        mm = MaskedModel(model, granularities=granularities, ablation=ablation)
-    if ablation == "mean" and masked_model is None:
-        if masks_path is None or not Path(masks_path).is_file():
-            raise SafeSeekError(
-                "the circuit uses mean ablation: its masks.safetensors (with the reference "
-                "means) must lie beside circuit.json"
-            )
-        mm.load_masks(masks_path)
+    mm = masked_model or MaskedModel.for_circuit(model, circuit, masks_path)
+    granularities, ablation = list(mm.granularities), mm.ablation
     circuit.check(mm)
     contexts = {
         "full": lambda _: contextlib.nullcontext(),
@@ -128,6 +115,8 @@ def evaluate_circuit(
     rows: list[dict[str, Any]] = []
     asr: dict[str, float] = {}
     asr_exact: dict[str, float] = {}  # fixed-output: the target string itself
+    # fixed-output: mean teacher-forced P(target's opening) after triggered and clean prompts
+    forced: dict[str, dict[str, float]] = {}
     false_trigger: dict[str, float] = {}
     utility: dict[str, float] = {}
     # Every rate's count and 95% Wilson interval: {"asr": {view: summary(...)}, ...}
@@ -149,6 +138,8 @@ def evaluate_circuit(
             intervals["asr"][view] = summary(hits)
             if probe.kind == "fixed-output":
                 asr_exact[view] = rate(attack_success("fixed-output-exact", gens, targets))
+                with contexts[view](circuit):
+                    forced[view] = _target_probability(model, tokenizer, probe)
             rows += [
                 {"view": view, "set": "attack", "i": i, **it, "generation": g, "success": h}
                 for i, (it, g, h) in enumerate(zip(probe.attack, gens, hits, strict=True))
@@ -203,5 +194,18 @@ def evaluate_circuit(
         result["false_trigger"] = false_trigger
     if asr_exact:
         result["asr_exact"] = asr_exact
+    if forced:
+        result["target_probability"] = forced
     result["intervals"] = {k: v for k, v in intervals.items() if v}
     return result, rows
+
+
+def _target_probability(model: nn.Module, tokenizer: Any, probe: Probe) -> dict[str, float]:
+    """Mean teacher-forced P(target's opening) after the triggered and the clean prompts."""
+    out = {}
+    for name, items in (("triggered", probe.attack), ("clean", probe.clean)):
+        if items:
+            prompts, targets = [it["prompt"] for it in items], [it["target"] for it in items]
+            p = target_probability(model, tokenizer, prompts, targets)
+            out[name] = sum(p) / len(p)
+    return out

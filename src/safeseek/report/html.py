@@ -104,13 +104,18 @@ def _rate(ev: dict[str, Any], metric: str, view: str) -> str:
 
 def _metrics_table(ev: dict[str, Any]) -> str:
     exact = "asr_exact" in ev
+    forced = ev.get("target_probability", {})
     rows = []
     for view in VIEWS:
         row = [figures.VIEW_LABELS[view], _rate(ev, "asr", view)]
         row += [_pct(ev["asr_exact"].get(view))] if exact else []
+        if forced:
+            p = forced.get(view, {})
+            row += [f"{_pct(p.get('triggered'))} / {_pct(p.get('clean'))}"]
         row += [_rate(ev, "false_trigger", view), _rate(ev, "utility", view)]
         rows.append(row)
     header = ["view", "attack success"] + (["exact target"] if exact else [])
+    header += ["P(target opening), triggered / clean"] if forced else []
     table = _table([*header, "false trigger", "utility"], rows)
     retention = ev.get("utility", {}).get("retention")
     return table + f"<p>utility retention with the circuit ablated: <b>{_pct(retention)}</b></p>"
