@@ -67,12 +67,30 @@ def test_mean_export_declares_the_biases_it_needs(batch, tmp_path):
     assert model.model.layers[0].self_attn.o_proj.bias is None  # the original is untouched
 
 
-@pytest.mark.parametrize("name", ["qwen2", "mistral"])
-def test_mean_export_needs_a_bias(name, batch, tmp_path):
+def test_mean_export_of_heads_where_only_attention_can_take_a_bias(batch, tmp_path):
+    model = build("qwen3")  # attention_bias, no mlp_bias
+    c = Circuit(heads=[(0, 1), (1, 3)])
+    mm = MaskedModel(model, ablation="mean", reference=[batch])
+    with mm.without(c):
+        want = logits(model, batch)
+    export(model, None, c, tmp_path / "out", means=mm.means)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(logits(reloaded, batch), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "circuit"),
+    [
+        ("qwen2", Circuit(heads=[(0, 0)])),
+        ("mistral", Circuit(heads=[(0, 0)])),
+        ("qwen3", Circuit(neurons=[(0, 0)])),
+    ],
+)
+def test_mean_export_needs_a_bias(name, circuit, batch, tmp_path):
     model = build(name)
     mm = MaskedModel(model, ablation="mean", reference=[batch])
     with pytest.raises(SafeSeekError, match="--ablation zero"):
-        export(model, None, Circuit(heads=[(0, 0)]), tmp_path / "out", means=mm.means)
+        export(model, None, circuit, tmp_path / "out", means=mm.means)
     assert not (tmp_path / "out").exists()
 
 
