@@ -92,12 +92,13 @@ def _declare_biases(model: nn.Module, parts: ModelParts, circuit: Circuit) -> No
         return
     flags = [BIAS_FLAGS[k] for k in missing]
     family = type(model).__name__
+    refusal = SafeSeekError(
+        f"mean ablation folds each removed unit's mean into a bias; {family}'s "
+        f"{' and '.join(missing)} output projections have none and its config cannot declare "
+        f"one: export a circuit found with --ablation zero"
+    )
     if not all(hasattr(model.config, f) for f in flags):
-        raise SafeSeekError(
-            f"mean ablation folds each removed unit's mean into a bias; {family}'s "
-            f"{' and '.join(missing)} output projections have none and its config cannot declare "
-            f"one: export a circuit found with --ablation zero"
-        )
+        raise refusal
     for flag in flags:
         setattr(model.config, flag, True)
     with torch.device("meta"):
@@ -109,6 +110,8 @@ def _declare_biases(model: nn.Module, parts: ModelParts, circuit: Circuit) -> No
             ours[name].bias = nn.Parameter(
                 torch.zeros(module.bias.shape, dtype=weight.dtype, device=weight.device)
             )
+    if any(m.bias is None for k in missing for m in modules[k]):
+        raise refusal  # the flag declares other biases than the ones the means need
 
 
 def export(
