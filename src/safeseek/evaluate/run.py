@@ -104,7 +104,11 @@ def evaluate_circuit(
     probe = probe_for(scenario, records, backdoor_type)
     if not probe.attack:
         raise SafeSeekError(f"no {scenario} records to measure the behaviour on")
-    mm = masked_model or MaskedModel.for_circuit(model, circuit, masks_path)
+    mm = (
+        masked_model
+        if masked_model is not None
+        else MaskedModel.for_circuit(model, circuit, masks_path)
+    )
     granularities, ablation = list(mm.granularities), mm.ablation
     circuit.check(mm)
     contexts = {
