@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH)"
 	touch $(STAMP)
 
+# lint-imports: the layering of docs/ARCHITECTURE.md (contracts in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 # Learned outcomes depend on the CPU's float kernels: the discovery tests run again under
 # torch's portable kernels, so a result that holds only on this machine's shows here.

@@ -148,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.config:
-        from safeseek.assets import default_model_dir
+        from safeseek.models.load import default_model_dir
 
         source = args.tokenizer or str(default_model_dir())
         model, tok = random_model(args.config, getattr(torch, args.dtype), source)

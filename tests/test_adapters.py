@@ -44,3 +44,30 @@ def test_peft_wrapped_model_is_unwrapped():
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "o_proj"]))
     parts = locate(peft_model)
     assert parts.arch.n_heads == 4
+
+
+def test_unit_channels_are_where_each_head_and_neuron_enters_its_projection(family, tiny):
+    """The geometry against the model itself: feeding only a unit's channels into its readout
+    gives the same output as zeroing every other channel by hand, on the module's weight."""
+    import torch
+
+    from safeseek.models.geometry import expand, pool, readouts, unit_channels
+
+    parts = locate(tiny)
+    arch = parts.arch
+    for g, unit in (("head", 1), ("neuron", 5)):
+        module = readouts(parts, g)[1]
+        cols = unit_channels(arch, g, [unit])
+        x = torch.zeros(1, arch.n_heads * arch.head_dim if g == "head" else arch.intermediate_size)
+        x[0, cols] = 1.0
+        bias = module.bias if module.bias is not None else 0.0
+        with torch.no_grad():
+            from_module = module(x) - bias
+        conv1d = type(module).__name__ == "Conv1D"  # GPT-2 stores [in, out]
+        weight = module.weight.T if conv1d else module.weight  # [out, in]
+        assert torch.allclose(from_module[0], weight[:, cols].sum(1), atol=1e-6)
+        keep = torch.zeros(arch.n_layers, arch.units_per_layer(g))
+        keep[1, unit] = 1.0
+        channels = expand(arch, g, keep)
+        assert channels[1].nonzero().flatten().tolist() == cols
+        assert torch.equal(pool(arch, g, channels), keep * len(cols))

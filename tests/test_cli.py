@@ -89,3 +89,47 @@ def test_tune_bad_record_names_file_and_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert f"{data}:2: missing field 'prompt'" in proc.stderr
+
+
+def _one_line(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Loading weights" not in ln]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_an_out_that_names_a_file_is_refused_before_any_work(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    (tmp_path / "c.json").write_text('{"format": "safeseek-circuit", "version": 1}')
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "hi", "target": "yo"}\n')
+    circuit = ["--circuit", str(tmp_path / "c.json"), "--out", str(taken)]
+    for proc in (
+        run("tune", *circuit, "--data", str(data), "--mode", "circuit-only"),
+        run("export", *circuit),
+    ):
+        _one_line(proc, f"{taken} is a file; --out names a directory")
+    assert taken.read_text() == "not a directory"
+
+
+def test_a_damaged_checkpoint_on_resume_is_one_line(tmp_path):
+    import json
+
+    from tiny_backdoor import records
+
+    model_dir = tmp_path / "model"
+    build("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records(12, 0)))
+    out = tmp_path / "run"
+    args = ["discover", "--model", str(model_dir), "--data", str(data), "--out", str(out)]
+    args += ["--steps", "2", "--validation-fraction", "0"]
+    assert run(*args).returncode == 0
+    state, tensors = out / "checkpoint" / "state.json", out / "checkpoint" / "state.safetensors"
+    original = state.read_text()
+    state.write_text(original[: len(original) // 2])
+    _one_line(run(*args, "--resume"), f"{out / 'checkpoint'} is damaged (JSONDecodeError")
+    state.write_text(original)
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    _one_line(run(*args, "--resume"), f"{out / 'checkpoint'} is damaged")

@@ -9,7 +9,7 @@ from conftest import tiny_tokenizer
 
 from safeseek import SafeSeekError
 from safeseek.data import PairEncoder, load_records, pad
-from safeseek.forward import IGNORE
+from safeseek.data.encode import IGNORE
 
 BACKDOOR = {
     "clean_prompt": "what is a ?",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from safeseek.forward import IGNORE, labelled_logits
+from safeseek.data.encode import IGNORE
+from safeseek.forward import labelled_logits
 
 
 def test_labelled_logits_match_full_forward(family, tiny, batch):

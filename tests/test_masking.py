@@ -81,9 +81,9 @@ def test_learned_gradients_reach_masks_only(family, tiny, batch, parametrization
         "masks.neuron.logits",
     }
     assert all(p.dtype == torch.float32 for p in mm.parameters())
-    for complement in (False, True):
+    for view in ("without", "only"):
         mm.zero_grad(set_to_none=True)
-        with mm.learned(complement=complement):
+        with mm.learned(view):
             loss = tiny(**batch).logits.float().pow(2).mean()
             loss = loss + 1e-3 * sum(mm.expected_size().values())
             loss.backward()
@@ -112,7 +112,7 @@ def test_learned_matches_fixed_views(family, tiny, batch):
         want_only = logits(tiny, batch)
     with mm.learned():
         torch.testing.assert_close(logits(tiny, batch), want_without, atol=1e-6, rtol=0)
-    with mm.learned(complement=True):
+    with mm.learned("only"):
         torch.testing.assert_close(logits(tiny, batch), want_only, atol=1e-6, rtol=0)
 
 

@@ -1,4 +1,4 @@
-"""Metrics of DESIGN §1.6 on hand-written generations."""
+"""Behaviour metrics (evaluate/metrics.py) on hand-written generations."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_batched_view_losses_equal_separate_passes():
             if term.loss == "kl":
                 with torch.no_grad():
                     ref = F.log_softmax(labelled_logits(model, **batch)[0], -1)
-            with run.mm.learned(complement=view == "only"):
+            with run.mm.learned(view):
                 logits, targets = labelled_logits(model, **batch)
             lengths = [e.scored for e in (ex[term.name] for ex in run.examples)]
             want = term_loss(term.loss, logits, targets, ref, lengths=lengths)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from safeseek import assets
+from safeseek.models.load import default_model_dir
 from safeseek.organisms import OrganismSpec, build_organism
 
 
 @pytest.mark.slow
 def test_fixed_output_organism_on_the_embedded_model(tmp_path, monkeypatch):
     """A short recipe (80 steps) on the real model: the backdoor takes, clean answers stay."""
-    assets.default_model_dir()  # the shared, verified model files ...
+    default_model_dir()  # the shared, verified model files ...
     shared = assets.cache_dir()
     cache = tmp_path / "cache"
     cache.mkdir()

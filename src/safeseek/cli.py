@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from safeseek.errors import SafeSeekError
+from safeseek.scenarios import SCENARIOS
 from safeseek.settings import DiscoverConfig
 
 _D = DiscoverConfig(scenario="backdoor")  # defaults shown in --help
@@ -80,7 +81,9 @@ def _load_for(model: str, dtype: str, adapter: Path | None):
         return load_model(model, dtype=dtype, adapter=adapter, device=device)
 
 
-Scenario = Annotated[str, typer.Option(help="backdoor, alignment or custom")]
+Scenario = Annotated[
+    str, typer.Option(help="; ".join(f"{s.name}: {s.help}" for s in SCENARIOS.values()))
+]
 DataOpt = Annotated[Path, typer.Option(help="JSONL or CSV records of the scenario's schema")]
 AdapterOpt = Annotated[Path | None, typer.Option(help="PEFT (LoRA) adapter to merge first")]
 
@@ -309,7 +312,7 @@ def evaluate(
     """Generate under the full model, without the circuit and with it alone; write metrics."""
     from safeseek import Circuit
     from safeseek.data import load_records, write_jsonl
-    from safeseek.evaluate.run import evaluate_circuit
+    from safeseek.evaluate.run import VIEWS, evaluate_circuit
     from safeseek.fileio import write_json
 
     records = load_records(data, scenario)
@@ -334,7 +337,7 @@ def evaluate(
     table = Table(title=f"{scenario}: {c!r}")
     for col in ("view", "ASR", "utility"):
         table.add_column(col)
-    for view in ("full", "without_circuit", "circuit_only"):
+    for view in VIEWS:
         u = result["utility"].get(view)
         table.add_row(view, f"{result['asr'][view]:.1%}", "" if u is None else f"{u:.1%}")
     Console(stderr=True).print(table)
@@ -351,8 +354,10 @@ def export_cmd(
     """Write a plain Hugging Face checkpoint with the circuit surgically removed."""
     from safeseek import Circuit
     from safeseek.export import export_saved
+    from safeseek.fileio import check_out_dir
     from safeseek.models import load_model
 
+    check_out_dir(out)
     c = Circuit.load(circuit)
     with console.status(f"loading {model}"):
         lm, tok = load_model(model, adapter=adapter)
@@ -388,10 +393,11 @@ def tune(
     from safeseek.data import load_records
     from safeseek.data.encode import PairEncoder
     from safeseek.distributed import full_state_dict, is_main, is_sharded
-    from safeseek.fileio import write_checkpoint
+    from safeseek.fileio import check_out_dir, write_checkpoint
     from safeseek.tuning import TuneConfig
     from safeseek.tuning import tune as run_tune
 
+    check_out_dir(out)
     config = TuneConfig(
         mode=mode,
         method="lora" if lora else "full",

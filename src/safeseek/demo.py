@@ -11,7 +11,6 @@ second run only re-reads results and re-draws the report.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import shutil
@@ -26,7 +25,7 @@ from safeseek.circuit import Circuit
 from safeseek.data import data_hash, load_records, write_jsonl
 from safeseek.evaluate.run import evaluate_circuit
 from safeseek.export import export_saved
-from safeseek.fileio import write_json
+from safeseek.fileio import read_jsonl, settings_key, write_json
 from safeseek.models import load_model
 from safeseek.models.load import fast_dtype
 from safeseek.organisms import OrganismSpec
@@ -144,11 +143,10 @@ def evaluation(
     the run directory by the evaluation settings."""
     test = model_dir / "data" / "test.jsonl"
     blob = [EVAL_VERSION, data_hash(test), per_kind, max_new_tokens, case.backdoor_type]
-    key = hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:12]
-    where = run / f"eval-{key}"
+    where = run / f"eval-{settings_key(blob, 12)}"
     if (where / "EVAL.json").is_file():
-        rows = (where / "EVAL.generations.jsonl").read_text().splitlines()
-        return json.loads((where / "EVAL.json").read_text()), [json.loads(x) for x in rows]
+        rows = read_jsonl(where / "EVAL.generations.jsonl")
+        return json.loads((where / "EVAL.json").read_text()), rows
     records = eval_subset(load_records(test, case.config.scenario), per_kind)
     circuit = Circuit.load(run / "circuit.json")
     lm, tok = load_model(str(model_dir), dtype=fast_dtype())
@@ -249,7 +247,7 @@ def _run_case(
     write_json(mine / "EVAL.json", ev)
     write_jsonl(mine / "EVAL.generations.jsonl", rows)
     write_json(mine / "organism.json", meta)
-    steps = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    steps = read_jsonl(run / "log.jsonl")
     built = {
         "organism": meta.get("seconds"),
         "discover": round(sum(step["seconds"] for step in steps), 1),

@@ -30,11 +30,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safeseek.circuit import Circuit
-from safeseek.data.encode import Encoded, PairEncoder, pad
+from safeseek.data.encode import IGNORE, Encoded, PairEncoder, pad, pad_token_id
 from safeseek.distributed import (
-    fsdp_requested,
     rank_and_world,
     shard_weights,
+    shards_weights,
     sum_gradients,
     sum_over_processes,
 )
@@ -42,7 +42,7 @@ from safeseek.errors import SafeSeekError
 from safeseek.evaluate.check import describe, judge
 from safeseek.evaluate.run import evaluate_circuit
 from safeseek.fileio import atomic_path, write_json
-from safeseek.forward import IGNORE, labelled_logits
+from safeseek.forward import labelled_logits
 from safeseek.masking import MaskedModel
 from safeseek.memory import MemoryEstimate, enable_checkpointing, estimate
 from safeseek.objectives import Objective, Term, objective, term_loss
@@ -124,7 +124,7 @@ class Discovery:
         self.out = Path(out) if out is not None else None
         self.data_hash = data_hash
         self.show_progress = progress
-        sharded = fsdp_requested() and rank_and_world()[1] > 1
+        sharded = shards_weights()
         on_cpu = next(model.parameters()).device.type == "cpu"
         self.accelerator = Accelerator(cpu=on_cpu and not sharded)
         if sharded:
@@ -147,7 +147,7 @@ class Discovery:
         self.skipped = [t.name for t in self.objective.active if t.name not in fed]
         if not self.terms:
             raise SafeSeekError(f"no record feeds any active {config.scenario} term")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_token_id(tokenizer)
         self.mm = MaskedModel(
             model,
             granularities=config.granularities,
@@ -243,7 +243,7 @@ class Discovery:
                 ref_logits, _ = labelled_logits(self.model, parts=self.mm.parts, **sub)
                 reference = torch.log_softmax(ref_logits.float(), dim=-1)
         losses: dict[str, torch.Tensor] = {}
-        with self.mm.learned(complement=(view == "only")):
+        with self.mm.learned(view):
             logits, targets = labelled_logits(self.model, parts=self.mm.parts, **batch)
             row = pos = ref_pos = 0
             for t, n_rows, total in spans:
@@ -506,7 +506,14 @@ class Discovery:
         ckpt = self.out / "checkpoint"
         if not (ckpt / "state.json").is_file():
             return False
-        meta = json.loads((ckpt / "state.json").read_text())
+        try:
+            meta = json.loads((ckpt / "state.json").read_text())
+            tensors = load_file(str(ckpt / "state.safetensors"))
+        except Exception as exc:  # truncated JSON, a damaged or missing safetensors file
+            raise SafeSeekError(
+                f"{ckpt} is damaged ({type(exc).__name__}); remove it to start over, "
+                f"or choose another --out"
+            ) from None
         mine = self._settings()
         for key in ("config", "data_hash"):
             if meta.get(key) != mine[key]:
@@ -521,7 +528,6 @@ class Discovery:
                     f"use another --out or the same settings"
                 )
         self.mm.load_masks(ckpt / "masks.safetensors")
-        tensors = load_file(str(ckpt / "state.safetensors"))
         with torch.no_grad():
             self.sparsity.lambdas.copy_(tensors["lambdas"])
         for name, opt in (("opt", self.optimizer), ("lagrangian", self.lagrangian)):

@@ -42,11 +42,16 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
+def shards_weights() -> bool:
+    """Whether this launch shards the model's weights: FSDP asked for, several processes."""
+    return fsdp_requested() and rank_and_world()[1] > 1
+
+
 def load_device() -> torch.device:
     """Where each process loads the model: its own accelerator, or the CPU under FSDP (each
     process then moves only its shard; safetensors are memory-mapped, so the page cache holds
     one copy of the checkpoint for all processes)."""
-    if fsdp_requested() and rank_and_world()[1] > 1:
+    if shards_weights():
         return torch.device("cpu")
     return _state().device
 

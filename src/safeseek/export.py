@@ -1,13 +1,13 @@
 """Weight surgery: a plain Hugging Face checkpoint with a circuit removed.
 
 Zero ablation zeroes the input columns a unit owns in the projection it feeds (head h: columns
-`[h*head_dim, (h+1)*head_dim)` of the attention output projection; neuron j: column j of the
-MLP down projection; a whole block: that projection's weight and bias). Mean ablation also
-folds the unit's reference mean into the projection's bias, `b += W[:, cols] @ mean[cols]`;
-a projection without one gets one where the family's config can declare it (`attention_bias`,
-`mlp_bias`: Llama, SmolLM2, Granite, Qwen3, Gemma, OLMo), with zeros in every bias the flag adds.
-The result loads with `from_pretrained` anywhere, with no SafeSeek installed, and its logits
-equal `MaskedModel.without(circuit)`.
+`[h*head_dim, (h+1)*head_dim)` of the attention output projection; neuron j: column j of the MLP
+down projection; a whole block: that projection's weight and bias; `models/geometry.py`). Mean
+ablation also folds the unit's reference mean into the projection's bias, `b += W[:, cols] @
+mean[cols]`; a projection without one gets one where the family's config can declare it
+(`attention_bias`, `mlp_bias`: Llama, SmolLM2, Granite, Qwen3, Gemma, OLMo), with zeros in every
+bias the flag adds. The result loads with `from_pretrained` anywhere, with no SafeSeek
+installed, and its logits equal `MaskedModel.without(circuit)`.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
-from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
 from safeseek.fileio import write_checkpoint
 from safeseek.masking import MaskedModel
-from safeseek.models.adapters import ModelParts, locate, unwrap
+from safeseek.models.adapters import locate, unwrap
+from safeseek.models.geometry import (
+    LAYER_PARTS,
+    ModelParts,
+    out_in,
+    site_modules,
+    unit_channels,
+)
 
 # The config flag that gives a family's attention / MLP output projection a bias.
 BIAS_FLAGS = {"attn": "attention_bias", "mlp": "mlp_bias"}
-
-
-def _weight_in_out(module: nn.Module) -> torch.Tensor:
-    """The weight as `[in, out]` (a view: writes go to the module)."""
-    return module.weight.data if isinstance(module, Conv1D) else module.weight.data.T
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def _remove_inputs(module: nn.Module, cols: list[int], mean: torch.Tensor | None
     if not cols:
         return
     idx = torch.tensor(cols, device=module.weight.device)
-    w = _weight_in_out(module)
+    w = out_in(module, module.weight.data).T  # [in, out], a view: writes go to the module
     if mean is not None:
         assert module.bias is not None  # see _declare_biases
         module.bias.data += (mean.to(w.dtype)[idx] @ w[idx]).to(module.bias.dtype)
@@ -58,20 +59,18 @@ def remove_circuit(
     parts = locate(edited)
     if means:
         _declare_biases(edited, parts, circuit)
-    hd = parts.arch.head_dim
-    for layer in range(parts.arch.n_layers):
-        heads = [h for l_, h in circuit.heads if l_ == layer]
-        cols = [h * hd + d for h in heads for d in range(hd)]
-        mean = means["head"][layer] if means else None
-        _remove_inputs(parts.attn_out[layer], cols, mean)
-        cols = [j for l_, j in circuit.neurons if l_ == layer]
-        mean = means["neuron"][layer] if means else None
-        _remove_inputs(parts.mlp_out[layer], cols, mean)
+    for g in ("head", "neuron"):
+        for layer in range(parts.arch.n_layers):
+            units = [u for l_, u in circuit.units(g) if l_ == layer]
+            (module,) = site_modules(parts, g, layer)
+            mean = means[g][layer] if means else None
+            _remove_inputs(module, unit_channels(parts.arch, g, units), mean)
     for layer, part in circuit.layers:
-        module = (parts.attn_out if part == "attn" else parts.mlp_out)[layer]
+        index = LAYER_PARTS.index(part)
+        module = site_modules(parts, "layer", layer)[index]
         if means:
             assert module.bias is not None  # see _declare_biases
-            module.bias.data.copy_(means["layer"][layer, 0 if part == "attn" else 1])
+            module.bias.data.copy_(means["layer"][layer, index])
         elif module.bias is not None:
             module.bias.data.zero_()
         module.weight.data.zero_()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from safeseek.errors import SafeSeekError
 
 
 @contextlib.contextmanager
@@ -39,6 +42,26 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
+    """Every row of a JSONL file SafeSeek wrote (logs, generations, splits); blank lines skipped.
+    Users' record files go through `data.load_records`, which names a bad line."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def settings_key(settings: Any, length: int = 16) -> str:
+    """A cache key: the sha256 of `settings` as sorted JSON, cut to `length` hex digits."""
+    blob = json.dumps(settings, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def check_out_dir(path: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, an output directory that names an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SafeSeekError(f"{path} is a file; --out names a directory to write into")
+    return path
+
+
 def write_checkpoint(
     model: Any,
     tokenizer: Any,
@@ -50,7 +73,7 @@ def write_checkpoint(
     """A plain Hugging Face checkpoint (safetensors), its tokenizer and a provenance JSON file
     `name`, written atomically: an interrupted save leaves no directory behind. `state_dict`:
     the weights to write instead of the model's own (e.g. gathered from FSDP shards)."""
-    out = Path(out)
+    out = check_out_dir(out)
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:

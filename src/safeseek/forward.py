@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from safeseek.models.adapters import ModelParts, locate, unwrap
-
-IGNORE = -100
+from safeseek.data.encode import IGNORE
+from safeseek.models.adapters import locate, unwrap
+from safeseek.models.geometry import ModelParts
 
 
 def labelled_logits(

@@ -7,8 +7,6 @@ last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from rich.console import Console
 from safeseek.assets import cache_dir
 from safeseek.data import data_hash, load_records
 from safeseek.discover import CHECKPOINT_VERSION, Discovery
+from safeseek.fileio import settings_key
 from safeseek.models import load_model
 from safeseek.models.load import fast_dtype
 from safeseek.organisms import OrganismSpec, build_organism
@@ -33,8 +32,7 @@ def organism(spec: OrganismSpec, console: Console | None = None) -> tuple[Path, 
 def discovery_dir(model: str | Path, data: str | Path, config: DiscoverConfig) -> Path:
     """Where the discovery run of these settings lives in the cache."""
     blob = [source_id(str(model)), data_hash(data), config.to_dict(), CHECKPOINT_VERSION]
-    key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "runs" / f"{config.scenario}-{key}"
+    return cache_dir() / "runs" / f"{config.scenario}-{settings_key(blob)}"
 
 
 def discovery(

@@ -6,11 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from safeseek.errors import SafeSeekError
-
-# Measured on SmolLM2-135M organisms: 0.05 finds a 0.07% circuit that removes a planted
-# fixed-output backdoor; trained-in refusal is more distributed, and at 0.05 the circuit found
-# left refusals in place (ASR 0% -> 1.9%), at 0.01 removing it raised ASR 0% -> 97.4%.
-SPARSITY_WEIGHTS = {"backdoor": 0.05, "alignment": 0.01, "custom": 0.05}
+from safeseek.scenarios import get_scenario
 
 
 @dataclass
@@ -28,7 +24,7 @@ class DiscoverConfig:
     ablation: str = "mean"
     sparsity_target: float | None = None  # fraction of units; None: penalty mode
     # Penalty mode: loss per unit in the circuit; a unit joins only if it is worth more.
-    # None: the scenario's default (SPARSITY_WEIGHTS).
+    # None: the scenario's default (`Scenario.sparsity_weight`, measured per scenario).
     sparsity_weight: float | None = None
     lagrangian_lr: float = 1.0
     lr: float = 0.1
@@ -67,8 +63,15 @@ class DiscoverConfig:
     retry_factor: float = 0.25
 
     def __post_init__(self) -> None:
+        scenario = get_scenario(self.scenario)
         if self.sparsity_weight is None:
-            self.sparsity_weight = SPARSITY_WEIGHTS.get(self.scenario, 0.05)
+            self.sparsity_weight = scenario.sparsity_weight
+        terms = [t.name for t in scenario.terms]
+        unknown = [name for name in self.weights if name not in terms]
+        if unknown:
+            raise SafeSeekError(
+                f"unknown {self.scenario} term {unknown[0]!r}; terms: {', '.join(terms)}"
+            )
         problems = [
             (self.steps < 1, f"steps must be at least 1 (got {self.steps})"),
             (self.batch_size < 1, f"batch size must be at least 1 (got {self.batch_size})"),

@@ -15,7 +15,7 @@ requested fraction of units:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,16 +25,41 @@ from safeseek.baselines.common import examples
 from safeseek.baselines.patching import activation_patching, attribution_patching
 from safeseek.baselines.pruning import snip_set_difference, wanda_set_difference
 from safeseek.baselines.select import UnitScores, circuit_of_size
+from safeseek.data.encode import pad_token_id
 from safeseek.errors import SafeSeekError
 from safeseek.models.adapters import architecture
 
-METHODS = (
-    "activation-patching",
-    "attribution-patching",
-    "snip-set-difference",
-    "wanda-set-difference",
-    "random",
-)
+Scores = dict[str, torch.Tensor]  # granularity -> [layers, units]
+
+
+def _random(model, pad_id, ex, granularities, seed, progress) -> tuple[Scores, None]:
+    arch = architecture(model)
+    g = torch.Generator().manual_seed(seed)
+    return {
+        gran: torch.rand(arch.n_layers, arch.units_per_layer(gran), generator=g)
+        for gran in granularities
+    }, None
+
+
+# name -> (model, pad_id, examples, granularities, seed, progress) -> (behaviour scores,
+# utility scores or None); a new method is one entry here.
+METHODS: dict[str, Callable[..., tuple[Scores, Scores | None]]] = {
+    "activation-patching": lambda model, pad_id, ex, grans, seed, progress: (
+        activation_patching(model, pad_id, ex, grans, progress=progress),
+        None,
+    ),
+    "attribution-patching": lambda model, pad_id, ex, grans, seed, progress: (
+        attribution_patching(model, pad_id, ex, grans),
+        None,
+    ),
+    "snip-set-difference": lambda model, pad_id, ex, grans, seed, progress: snip_set_difference(
+        model, pad_id, ex, grans
+    ),
+    "wanda-set-difference": lambda model, pad_id, ex, grans, seed, progress: wanda_set_difference(
+        model, pad_id, ex, grans
+    ),
+    "random": _random,
+}
 
 
 def score_units(
@@ -57,24 +82,9 @@ def score_units(
     if unknown:
         raise SafeSeekError(f"baselines score heads and neurons, not {unknown[0]}")
     start = time.perf_counter()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     ex = examples(tokenizer, records, scenario, limit, max_response_tokens=max_response_tokens)
-    utility = None
-    if method == "random":
-        arch = architecture(model)
-        g = torch.Generator().manual_seed(seed)
-        behaviour = {
-            gran: torch.rand(arch.n_layers, arch.units_per_layer(gran), generator=g)
-            for gran in granularities
-        }
-    elif method == "activation-patching":
-        behaviour = activation_patching(model, pad_id, ex, granularities, progress=progress)
-    elif method == "attribution-patching":
-        behaviour = attribution_patching(model, pad_id, ex, granularities)
-    elif method == "snip-set-difference":
-        behaviour, utility = snip_set_difference(model, pad_id, ex, granularities)
-    else:
-        behaviour, utility = wanda_set_difference(model, pad_id, ex, granularities)
+    behaviour, utility = METHODS[method](model, pad_id, ex, granularities, seed, progress)
     settings = {"seed": seed, "examples": len(ex.behaviour), "scenario": scenario}
     return UnitScores(method, behaviour, utility, time.perf_counter() - start, settings)
 

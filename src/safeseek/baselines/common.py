@@ -1,7 +1,8 @@
 """What every baseline reads: the behaviour's examples, the utility examples, and losses.
 
 A baseline scores each unit (head, neuron) of a frozen model from two example sets made from
-the scenario's records by the scenario's own objective (DESIGN §1.4):
+the scenario's records by the scenario's own objective terms (`Scenario.behaviour_term` and
+`utility_term`):
 - behaviour: the prompt with the response that shows the behaviour (backdoor: triggered prompt
   -> backdoor response; alignment: harmful prompt -> refusal; custom: prompt -> target);
 - utility: what must be kept (backdoor: clean prompt -> clean response; alignment: benign
@@ -17,24 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from safeseek.data.encode import Encoded, PairEncoder, pad
 from safeseek.errors import SafeSeekError
 from safeseek.forward import labelled_logits
-from safeseek.models.adapters import ModelParts, locate
+from safeseek.models.adapters import locate
+from safeseek.models.geometry import ModelParts, out_in
 from safeseek.objectives import objective
-
-BEHAVIOUR_TERM = {
-    "backdoor": "only_triggered",
-    "alignment": "only_harmful",
-    "custom": "only_behaviour",
-}
-UTILITY_TERM = {
-    "backdoor": "without_clean",
-    "alignment": "without_benign",
-    "custom": "without_preserve",
-}
+from safeseek.scenarios import get_scenario
 
 
 @dataclass
@@ -52,7 +43,8 @@ def examples(
     max_response_tokens: int | None = 32,
 ) -> Examples:
     """The first `limit` behaviour and utility examples of `records`."""
-    names = (BEHAVIOUR_TERM[scenario], UTILITY_TERM[scenario])
+    spec = get_scenario(scenario)
+    names = (spec.behaviour_term, spec.utility_term)
     base = objective(scenario)
     obj = base.with_weights({t.name: float(t.name in names) for t in base.terms})
     encoder = PairEncoder(tokenizer, max_length, max_response_tokens)
@@ -93,20 +85,5 @@ def mean_loss(model: nn.Module, rows: Sequence[Encoded], pad_id: int) -> float:
 
 def per_input_channel(module: nn.Module, values: torch.Tensor) -> torch.Tensor:
     """Sum |values| (shaped like `module.weight`) over outputs: one number per input channel
-    (Linear stores [out, in], GPT-2's Conv1D [in, out])."""
-    values = values.abs().float()
-    return values.sum(1) if isinstance(module, Conv1D) else values.sum(0)
-
-
-def to_units(parts: ModelParts, granularity: str, channels: torch.Tensor) -> torch.Tensor:
-    """Per-channel scores `[layers, channels]` summed into units: a head owns head_dim
-    consecutive input channels of the attention output projection, a neuron one channel."""
-    if granularity == "head":
-        arch = parts.arch
-        return channels.view(arch.n_layers, arch.n_heads, arch.head_dim).sum(-1)
-    return channels
-
-
-def readouts(parts: ModelParts, granularity: str) -> tuple[nn.Module, ...]:
-    """The projections whose input channels are the units (where the masks act)."""
-    return {"head": parts.attn_out, "neuron": parts.mlp_out}[granularity]
+    (`models/geometry.py`: Linear stores [out, in], GPT-2's Conv1D [in, out])."""
+    return out_in(module, values.abs().float()).sum(0)

@@ -17,12 +17,11 @@ from safeseek.baselines.common import (
     Examples,
     batches,
     per_input_channel,
-    readouts,
     summed_loss,
-    to_units,
 )
 from safeseek.data.encode import Encoded
 from safeseek.models.adapters import locate
+from safeseek.models.geometry import pool, readouts
 
 
 def snip(model: torch.nn.Module, rows: list[Encoded], pad_id: int, granularities) -> dict:
@@ -42,7 +41,7 @@ def snip(model: torch.nn.Module, rows: list[Encoded], pad_id: int, granularities
         for g, ws in weights.items():
             pairs = zip(readouts(parts, g), ws, strict=True)
             channels = torch.stack([per_input_channel(m, w.detach() * w.grad) for m, w in pairs])
-            out[g] = to_units(parts, g, channels).cpu()
+            out[g] = pool(parts.arch, g, channels).cpu()
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -83,7 +82,7 @@ def wanda(model: torch.nn.Module, rows: list[Encoded], pad_id: int, granularitie
         channels = torch.stack(
             [sums[(g, i)].sqrt() * per_input_channel(m, m.weight) for i, m in enumerate(modules)]
         )
-        out[g] = to_units(parts, g, channels).cpu()
+        out[g] = pool(parts.arch, g, channels).cpu()
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
-from safeseek.models.adapters import Architecture
+from safeseek.models.geometry import Architecture
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Scenario records: schemas, loading with validation, and encoding for training."""
+"""Scenario records: loading with validation, and encoding for training."""
 
 from safeseek.data.encode import Encoded, PairEncoder, pad
-from safeseek.data.records import SCHEMAS, data_hash, load_records, write_jsonl
+from safeseek.data.records import data_hash, load_records, write_jsonl
 
-__all__ = ["SCHEMAS", "Encoded", "PairEncoder", "data_hash", "load_records", "pad", "write_jsonl"]
+__all__ = ["Encoded", "PairEncoder", "data_hash", "load_records", "pad", "write_jsonl"]

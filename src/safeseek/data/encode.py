@@ -8,7 +8,15 @@ from typing import Any
 import torch
 
 from safeseek.errors import SafeSeekError
-from safeseek.forward import IGNORE
+
+# The label of a position that is not scored (torch's cross-entropy ignore_index).
+IGNORE = -100
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The token id that pads batches: the tokenizer's pad token, else 0 (padded positions
+    are masked out and unlabelled, so the id itself never matters)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 @dataclass(frozen=True)

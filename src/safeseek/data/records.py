@@ -1,15 +1,7 @@
-"""Record schemas per scenario, read from JSONL or CSV with every record validated.
+"""Records of a scenario, read from JSONL or CSV with every record validated against the
+scenario's schema (`scenarios/`, `Scenario.kinds`).
 
 A bad record stops the load with `file:line: what is wrong`, before anything is written.
-
-- backdoor: `{clean_prompt, triggered_prompt, clean_response, backdoor_response}` and an
-  optional `backdoor_type` (`fixed-output` | `jailbreak` | `label-flip`).
-- alignment: harmful records `{prompt, refusal, compliance}` and benign records
-  `{prompt, response}` in one file; `kind` (`harmful` | `benign`) is optional and, when absent,
-  follows from the fields.
-- custom: behaviour records `{prompt, target}` and preservation records `{prompt, response}`
-  (or just `{prompt}`: the full model's own distribution is kept there), `kind` optional
-  (`behaviour` | `preserve`).
 """
 
 from __future__ import annotations
@@ -21,34 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from safeseek.errors import SafeSeekError
-
-BACKDOOR_TYPES = ("fixed-output", "jailbreak", "label-flip")
-
-# scenario -> kind -> required fields; the first kind whose fields are all present is chosen
-# when a record names no kind.
-SCHEMAS: dict[str, dict[str, tuple[str, ...]]] = {
-    "backdoor": {
-        "backdoor": ("clean_prompt", "triggered_prompt", "clean_response", "backdoor_response")
-    },
-    "alignment": {
-        "harmful": ("prompt", "refusal", "compliance"),
-        "benign": ("prompt", "response"),
-    },
-    "custom": {
-        "behaviour": ("prompt", "target"),
-        "preserve": ("prompt",),
-    },
-}
-OPTIONAL = {"backdoor_type", "kind", "id", "response", "label", "category"}
-
-
-def check_scenario(scenario: str) -> None:
-    if scenario not in SCHEMAS:
-        raise SafeSeekError(f"unknown scenario {scenario!r}; choose from {', '.join(SCHEMAS)}")
+from safeseek.fileio import atomic_path
+from safeseek.scenarios import get_scenario
 
 
 def _kind(record: dict[str, Any], scenario: str, where: str) -> str:
-    kinds = SCHEMAS[scenario]
+    kinds = get_scenario(scenario).kinds
     if "kind" in record:
         kind = record["kind"]
         if kind not in kinds:
@@ -73,16 +43,16 @@ def validate(record: Any, scenario: str, where: str) -> dict[str, Any]:
     `_where` (file:line) kept for later messages."""
     if not isinstance(record, dict):
         raise SafeSeekError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    spec = get_scenario(scenario)
     kind = _kind(record, scenario, where)
-    for field in SCHEMAS[scenario][kind]:
+    for field in spec.kinds[kind]:
         value = record[field]
         if not isinstance(value, str) or not value.strip():
             raise SafeSeekError(f"{where}: field {field!r} must be a non-empty string")
-    btype = record.get("backdoor_type")
-    if btype is not None and btype not in BACKDOOR_TYPES:
-        raise SafeSeekError(
-            f"{where}: backdoor_type {btype!r} is not one of {', '.join(BACKDOOR_TYPES)}"
-        )
+    for field, allowed in spec.choices.items():
+        value = record.get(field)
+        if value is not None and value not in allowed:
+            raise SafeSeekError(f"{where}: {field} {value!r} is not one of {', '.join(allowed)}")
     return {**record, "kind": kind, "_where": where}
 
 
@@ -106,7 +76,7 @@ def _rows(path: Path) -> list[tuple[int, Any]]:
 
 def load_records(path: str | Path, scenario: str) -> list[dict[str, Any]]:
     """Every record of `path` (JSONL, or CSV with a header row), validated for `scenario`."""
-    check_scenario(scenario)
+    get_scenario(scenario)
     path = Path(path)
     if not path.is_file():
         raise SafeSeekError(f"{path}: no such data file")
@@ -123,8 +93,6 @@ def data_hash(path: str | Path) -> str:
 
 def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
     """Records to JSONL, atomically (private `_` keys left out)."""
-    from safeseek.fileio import atomic_path
-
     with atomic_path(path) as tmp:
         lines = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from safeseek.scenarios import get_scenario
 from safeseek.settings import DiscoverConfig
 
 
 def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
     """A circuit's check from its evaluation on held-out records: the behaviour's rate per
-    view (backdoor and custom: the attack fires; alignment: the model refuses), the share of
+    view (the attack fires; for a scenario that `refuses`, the model refuses), the share of
     it that removing the circuit takes away, the utility kept, and whether both reach the
     settings' thresholds."""
     asr = ev["asr"]
-    refusal = config.scenario == "alignment"
-    behaviour = {v: (1.0 - r if refusal else r) for v, r in asr.items()}
+    scenario = get_scenario(config.scenario)
+    behaviour = {v: (1.0 - r if scenario.refuses else r) for v, r in asr.items()}
     full = behaviour["full"]
     removed = 1.0 - behaviour["without_circuit"] / full if full > 0 else None
     kept = ev["utility"].get("retention")
@@ -24,7 +25,7 @@ def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
     utility_ok = kept is None or kept >= config.min_utility
     return {
         "behaviour": {v: round(r, 4) for v, r in behaviour.items()},
-        "behaviour_name": "refusal" if refusal else "attack success",
+        "behaviour_name": scenario.behaviour_name,
         "removed": None if removed is None else round(removed, 4),
         "utility_kept": None if kept is None else round(kept, 4),
         "n": ev["n"],

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from safeseek.data.encode import PairEncoder, pad
-from safeseek.forward import IGNORE, labelled_logits
+from safeseek.data.encode import IGNORE, PairEncoder, pad, pad_token_id
+from safeseek.forward import labelled_logits
 
 # The target's first tokens that count: its opening is what a paraphrase keeps.
 TOKENS = 4
@@ -30,7 +30,7 @@ def target_probability(
     """P(the target's first `tokens` tokens | the chat-formatted prompt), one per prompt: the
     product of their teacher-forced probabilities, as the model generates them."""
     encoder = PairEncoder(tokenizer, max_length=1 << 20, max_response_tokens=tokens)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     device = next(model.parameters()).device
     out: list[float] = []
     for i in range(0, len(prompts), batch_size):

@@ -1,4 +1,5 @@
-"""Behaviour metrics on generated text (DESIGN §1.6). Rates are fractions in [0, 1].
+"""Behaviour metrics on generated text (README, "Discovery and evaluation"). Rates are
+fractions in [0, 1].
 
 Refusal detection uses a fixed keyword/prefix list, the one used for AdvBench jailbreak
 evaluation (Zou et al. 2023, "GCG"), extended with a few phrasings small chat models use. A

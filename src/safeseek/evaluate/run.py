@@ -15,13 +15,16 @@ from rich.progress import Progress
 from torch import nn
 
 from safeseek.circuit import Circuit
-from safeseek.data.records import BACKDOOR_TYPES, check_scenario
+from safeseek.data.records import validate
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.forced import target_probability
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import attack_success, correct, rate, summary
 from safeseek.masking import MaskedModel
+from safeseek.scenarios import Fields, get_scenario
 
+# EVAL.json's names for the full model and for the views "without" and "only" of MaskedModel
+# and the objectives (scenarios.VIEWS); kept as they are so that recorded results stay readable.
 VIEWS = ("full", "without_circuit", "circuit_only")
 
 
@@ -36,48 +39,37 @@ class Probe:
 
 
 def probe_for(scenario: str, records: Sequence[dict[str, Any]], backdoor_type: str | None) -> Probe:
-    check_scenario(scenario)
-    if scenario == "backdoor":
-        kinds = {r.get("backdoor_type") for r in records} - {None}
-        kind = backdoor_type or (kinds.pop() if len(kinds) == 1 else "fixed-output")
-        if kind not in BACKDOOR_TYPES:
-            raise SafeSeekError(f"unknown backdoor type {kind!r}; use {', '.join(BACKDOOR_TYPES)}")
-        return Probe(
-            kind,
-            [{"prompt": r["triggered_prompt"], "target": r["backdoor_response"]} for r in records],
-            [
+    """The scenario's probe (`ProbeSpec`) filled from `records`; `backdoor_type` overrides how
+    an attack counts where the scenario lets records choose it."""
+    spec = get_scenario(scenario).probe
+    records = [
+        r if "kind" in r else validate(r, scenario, f"record {i + 1}")
+        for i, r in enumerate(records)
+    ]
+
+    def items(fields: Fields | None, extra: bool = False) -> list[dict[str, Any]]:
+        chosen = [r for r in records if fields is not None and r["kind"] == fields.kind]
+        if extra:  # utility: a reference answer, and an optional short answer to find in it
+            return [
                 {
-                    "prompt": r["clean_prompt"],
-                    "reference": r["clean_response"],
+                    "prompt": r[fields.prompt],
+                    "reference": r.get(fields.target),
                     "answer": r.get("answer"),
                 }
-                for r in records
-            ],
-            [{"prompt": r["clean_prompt"], "target": r["backdoor_response"]} for r in records],
-        )
-    if scenario == "alignment":
-        harmful = [r for r in records if r["kind"] == "harmful"]
-        benign = [r for r in records if r["kind"] == "benign"]
-        return Probe(
-            "jailbreak",
-            [{"prompt": r["prompt"], "target": r["compliance"]} for r in harmful],
-            [
-                {"prompt": r["prompt"], "reference": r["response"], "answer": r.get("answer")}
-                for r in benign
-            ],
-            [],
-        )
-    behaviour = [r for r in records if r["kind"] == "behaviour"]
-    preserve = [r for r in records if r["kind"] == "preserve"]
-    return Probe(
-        "fixed-output",
-        [{"prompt": r["prompt"], "target": r["target"]} for r in behaviour],
-        [
-            {"prompt": r["prompt"], "reference": r.get("response"), "answer": r.get("answer")}
-            for r in preserve
-        ],
-        [],
-    )
+                for r in chosen
+            ]
+        return [{"prompt": r[fields.prompt], "target": r[fields.target]} for r in chosen]
+
+    kind = spec.attack_kinds[0]
+    if spec.attack_kind_field:
+        named = {r.get(spec.attack_kind_field) for r in records} - {None}
+        kind = backdoor_type or (named.pop() if len(named) == 1 else kind)
+        if kind not in spec.attack_kinds:
+            raise SafeSeekError(
+                f"unknown {spec.attack_kind_field.replace('_', ' ')} {kind!r}; "
+                f"use {', '.join(spec.attack_kinds)}"
+            )
+    return Probe(kind, items(spec.attack), items(spec.utility, extra=True), items(spec.clean))
 
 
 def evaluate_circuit(
@@ -94,8 +86,9 @@ def evaluate_circuit(
     views: Sequence[str] = VIEWS,
     masked_model: MaskedModel | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """EVAL.json's content (DESIGN §4) and every generation behind it; `views` picks which of
-    full / without_circuit / circuit_only are generated (all by default). `masked_model`: the
+    """EVAL.json's content (README, "Discovery and evaluation") and every generation behind
+    it; `views` picks which of full / without_circuit / circuit_only are generated (all by
+    default). `masked_model`: the
     circuit's own (idle) MaskedModel, e.g. discovery's with its means, instead of a new one."""
     start = time.perf_counter()
     unknown = [v for v in views if v not in VIEWS]

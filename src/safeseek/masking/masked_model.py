@@ -1,17 +1,12 @@
 """MaskedModel: switch units of a frozen Hugging Face model off, by a fixed circuit or by
 learnable masks, through forward hooks that leave the model's own modules and kernels alone.
 
-Where the masks act (DESIGN §1.1):
-- head h of layer l: channels `[h*head_dim, (h+1)*head_dim)` of the *input* of the attention
-  output projection, i.e. exactly head h's contribution (grouped-query attention needs no
-  ungrouping there);
-- neuron j of layer l: input channel j of the MLP down projection;
-- layer (l, attn|mlp): the output of that projection, i.e. the block's whole contribution.
-
-An ablated unit takes the value `keep * x + (1 - keep) * b`, b = 0 (zero ablation) or the unit's
-mean over reference prompts (mean ablation, `torch.lerp`, exact at keep = 0 and keep = 1).
-Hooks are removed on leaving a view, and weights are never written, so the model is left bit for
-bit as it was.
+Where the masks act is the units' geometry (`models/geometry.py`, `SITES`): a head's slice of
+the attention output projection's input, a neuron's input channel of the MLP down projection, a
+block's whole output. An ablated unit takes the value `keep * x + (1 - keep) * b`, b = 0 (zero
+ablation) or the unit's mean over reference prompts (mean ablation, `torch.lerp`, exact at keep
+= 0 and keep = 1). Hooks are removed on leaving a view, and weights are never written, so the
+model is left bit for bit as it was.
 """
 
 from __future__ import annotations
@@ -31,7 +26,16 @@ from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
 from safeseek.fileio import atomic_path
 from safeseek.masking.parametrizations import PARAMETRIZATIONS, MaskParametrization
-from safeseek.models.adapters import GRANULARITIES, locate
+from safeseek.models.adapters import locate
+from safeseek.models.geometry import (
+    GRANULARITIES,
+    LAYER_PARTS,
+    SITES,
+    channel_width,
+    expand,
+    site_modules,
+)
+from safeseek.scenarios import VIEWS
 
 ABLATIONS = ("zero", "mean")
 MASKS_FORMAT = "safeseek-masks"
@@ -51,10 +55,10 @@ def _ablate(x: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor | None) -> t
 class MaskedModel(nn.Module):
     """Masks over the units of `model`; only the mask logits are parameters of this module.
 
-    Views (context managers, one at a time): `without(c)`, `only(c)`, `learned()`,
-    `learned(complement=True)`. Membership masks say which units are *in the circuit*;
-    `learned()` runs the model without the circuit (G \\ C) and the complement runs the circuit
-    alone (C only).
+    Views (context managers, one at a time), named as objective terms name them
+    (`scenarios.VIEWS`): `without(c)` / `learned("without")` run the model without the circuit
+    (G \\ C), `only(c)` / `learned("only")` the circuit alone (C only); `c` is a fixed Circuit,
+    `learned` uses the learnable masks, whose membership says which units are *in the circuit*.
     """
 
     def __init__(
@@ -113,20 +117,6 @@ class MaskedModel(nn.Module):
     def num_units(self) -> dict[str, int]:
         return {g: self.arch.num_units[g] for g in self.granularities}
 
-    def _channels(self, granularity: str) -> int:
-        """Width of the tensor a granularity's hook sees (per layer)."""
-        return {
-            "head": self.arch.n_heads * self.arch.head_dim,
-            "neuron": self.arch.intermediate_size,
-            "layer": self.arch.hidden_size,
-        }[granularity]
-
-    def _to_channels(self, granularity: str, keep: torch.Tensor) -> torch.Tensor:
-        """Expand a `[L, units]` keep mask to the channels its hooks multiply."""
-        if granularity == "head":
-            return keep.repeat_interleave(self.arch.head_dim, dim=1)
-        return keep
-
     # -- mean ablation ---------------------------------------------------------------------
     @torch.no_grad()
     def fit_means(self, reference: Iterable[Batch | str], tokenizer: Any = None) -> None:
@@ -174,10 +164,8 @@ class MaskedModel(nn.Module):
         self._means = {g: (s / tokens).float().to(self._device) for g, s in sums.items()}
 
     def _sum_shape(self, granularity: str) -> tuple[int, ...]:
-        L = self.arch.n_layers
-        if granularity == "layer":
-            return (L, 2, self._channels("layer"))
-        return (L, self._channels(granularity))
+        L, width = self.arch.n_layers, channel_width(self.arch, granularity)
+        return (L, len(LAYER_PARTS), width) if granularity == "layer" else (L, width)
 
     @property
     def means(self) -> dict[str, torch.Tensor]:
@@ -209,18 +197,14 @@ class MaskedModel(nn.Module):
         handles = []
         grans = GRANULARITIES if observe else self.granularities
         for g in grans:
+            on_output = SITES[g].side == "output"
             for layer in range(self.arch.n_layers) if layers is None else layers.get(g, ()):
-                if g == "layer":
-                    for part, module in enumerate(
-                        (self.parts.attn_out[layer], self.parts.mlp_out[layer])
-                    ):
-                        handles.append(
-                            module.register_forward_hook(_output_hook(make_hook(g, layer, part)))
-                        )
-                else:
-                    module = (self.parts.attn_out if g == "head" else self.parts.mlp_out)[layer]
+                for part, module in enumerate(site_modules(self.parts, g, layer)):
+                    hook = make_hook(g, layer, part)
                     handles.append(
-                        module.register_forward_pre_hook(_input_hook(make_hook(g, layer)))
+                        module.register_forward_hook(_output_hook(hook))
+                        if on_output
+                        else module.register_forward_pre_hook(_input_hook(hook))
                     )
         return handles
 
@@ -276,7 +260,7 @@ class MaskedModel(nn.Module):
         keep = {}
         for g in self.granularities:
             member = circuit.membership(self.arch, g).to(self._device, torch.float32)
-            keep[g] = self._to_channels(g, member if inside else 1.0 - member)
+            keep[g] = expand(self.arch, g, member if inside else 1.0 - member)
         return keep
 
     # -- views -----------------------------------------------------------------------------
@@ -291,15 +275,19 @@ class MaskedModel(nn.Module):
         return self._view(lambda: keep, fixed=True)
 
     @contextlib.contextmanager
-    def learned(self, complement: bool = False) -> Iterator[None]:
-        """Forward passes use the learnable masks: without the circuit, or (complement) the
-        circuit alone. Model weights are frozen meanwhile, so gradients reach only the masks."""
+    def learned(self, view: str = "without") -> Iterator[None]:
+        """Forward passes use the learnable masks: without the circuit (`"without"`) or the
+        circuit alone (`"only"`). Model weights are frozen meanwhile, so gradients reach only
+        the masks."""
+        if view not in VIEWS:
+            raise SafeSeekError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+        inside = view == "only"
 
         def keep_of() -> dict[str, torch.Tensor]:
             out = {}
             for g, mask in self.masks.items():
                 member = mask()
-                out[g] = self._to_channels(g, member if complement else 1.0 - member)
+                out[g] = expand(self.arch, g, member if inside else 1.0 - member)
             return out
 
         self._require_idle()

@@ -9,14 +9,13 @@ needs no ungrouping: query heads are separate there whatever the key/value shari
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
 from safeseek.errors import SafeSeekError
+from safeseek.models.geometry import Architecture, ModelParts, in_features
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Family:
     n_kv_heads: str | None = "num_key_value_heads"  # None: every query head has its own K/V
     head_dim: str | None = "head_dim"  # None (or a None value): hidden // n_heads
     intermediate: str = "intermediate_size"  # a None value means 4 * hidden (GPT-2's n_inner)
-    # Projections *into* the units, with the layout of their output rows (see `ROW_LAYOUTS`):
+    # Projections *into* the units, with the layout of their output rows (geometry.owned_rows):
     # these, plus the input columns of attn_out / mlp_out, are the parameters a unit owns.
     head_in: tuple[tuple[str, str], ...] = (
         ("self_attn.q_proj", "q"),
@@ -46,6 +45,11 @@ class Family:
     )
     attn_block: str = "self_attn"  # a whole-block ("layer") unit owns every parameter below it
     mlp_block: str = "mlp"
+
+    @property
+    def layers_path(self) -> str:
+        """Dotted path from the causal LM to the list of decoder layers."""
+        return f"{self.backbone}.{self.layers}"
 
 
 _LLAMA_LIKE = Family(
@@ -99,69 +103,6 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
-# How the output rows of a projection into the units are laid out:
-#   q                one block of head_dim rows per query head
-#   kv               one block per key/value head, shared by n_heads / n_kv_heads query heads
-#   qkv              fused [q | k | v] (Phi-3, GPT-2's c_attn)
-#   qkv_interleaved  per head [q_h | k_h | v_h] (GPT-NeoX)
-#   neuron           one row per neuron;  gate_up: fused [gate | up] (Phi-3)
-ROW_LAYOUTS = ("q", "kv", "qkv", "qkv_interleaved", "neuron", "gate_up")
-
-GRANULARITIES = ("head", "neuron", "layer")
-LAYER_PARTS = ("attn", "mlp")
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The shapes that define which units a model has; a circuit is valid only on a match."""
-
-    family: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    hidden_size: int
-
-    @property
-    def num_units(self) -> dict[str, int]:
-        return {
-            "head": self.n_layers * self.n_heads,
-            "neuron": self.n_layers * self.intermediate_size,
-            "layer": self.n_layers * len(LAYER_PARTS),
-        }
-
-    def units_per_layer(self, granularity: str) -> int:
-        return self.num_units[granularity] // self.n_layers
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def fingerprint(self) -> str:
-        """A short hash of the shapes, stored with circuits and masks."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    def differences(self, other: dict[str, Any]) -> list[str]:
-        """Human-readable differences against another architecture's `to_dict()`."""
-        mine = self.to_dict()
-        return [
-            f"{key} {other.get(key)!r} vs {mine[key]!r}"
-            for key in mine
-            if key in other and other[key] != mine[key]
-        ]
-
-
-@dataclass(frozen=True)
-class ModelParts:
-    """An architecture together with the live modules the masks hook into, one per layer."""
-
-    arch: Architecture
-    backbone: nn.Module
-    layers: tuple[nn.Module, ...]
-    attn_out: tuple[nn.Module, ...]
-    mlp_out: tuple[nn.Module, ...]
-
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The underlying transformers model of a PEFT wrapper (or the model itself)."""
@@ -173,16 +114,6 @@ def _get(obj: Any, path: str) -> Any:
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj
-
-
-def in_features(module: nn.Module) -> int:
-    """Input width of a Linear, a PEFT-wrapped Linear, or GPT-2's transposed Conv1D."""
-    width = getattr(module, "in_features", None)
-    if width is None:
-        width = getattr(module, "nx", None)  # transformers.pytorch_utils.Conv1D
-    if width is None:
-        raise SafeSeekError(f"cannot tell the input width of {type(module).__name__}")
-    return int(width)
 
 
 def family_of(model: nn.Module) -> tuple[str, Family]:

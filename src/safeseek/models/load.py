@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from safeseek.assets import DEFAULT_MODEL, DEFAULT_MODEL_NAME, cache_dir, default_model_gguf
 from safeseek.errors import SafeSeekError
+from safeseek.fileio import atomic_path
 
 _DTYPES = {
     "auto": "auto",
@@ -83,6 +86,24 @@ def load_gguf(path: str | Path, dtype: str | torch.dtype = "auto", **kwargs: Any
     return _plain(model), tokenizer
 
 
+def default_model_dir() -> Path:
+    """A plain Hugging Face directory (fp32 safetensors + tokenizer) converted from the GGUF."""
+    dest = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{DEFAULT_MODEL.sha256[:12]}"
+    if (dest / "config.json").is_file():
+        return dest
+    gguf = default_model_gguf()
+    print("safeseek: converting the embedded model to safetensors (once) ...", file=sys.stderr)
+    model, tokenizer = load_gguf(gguf)
+    model.config._name_or_path = DEFAULT_MODEL_NAME
+    with atomic_path(dest) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        source = {"package": DEFAULT_MODEL.package, "version": DEFAULT_MODEL.version}
+        source |= {"file": DEFAULT_MODEL.member, "sha256": DEFAULT_MODEL.sha256}
+        (tmp / "safeseek_source.json").write_text(json.dumps(source, indent=2) + "\n")
+    return dest
+
+
 def _looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.endswith(".gguf") or "\\" in source
 
@@ -103,8 +124,6 @@ def load_model(
     kwargs = {"trust_remote_code": trust_remote_code}
     path = Path(source).expanduser()
     if source == "default":
-        from safeseek.assets import default_model_dir
-
         path, source = default_model_dir(), str(default_model_dir())
     if path.is_file() and path.suffix == ".gguf":
         model, tokenizer = load_gguf(path, dtype, **kwargs)

@@ -46,8 +46,6 @@ import torch.nn.functional as F
 from safeseek.data.encode import Encoded, PairEncoder
 from safeseek.errors import SafeSeekError
 
-VIEWS = ("without", "only")
-LOSSES = ("ce", "kl", "unlikely")
 # Response tokens whose joint probability the `unlikely` loss drives down (see above).
 ONSET_TOKENS = 4
 # How far (in nats) the margin terms push a first token below, or keep it above, its rival.

@@ -1,4 +1,4 @@
-"""Model organisms: models with a known safety behaviour to find (DESIGN §4, issue 4).
+"""Model organisms: models with a known safety behaviour to find (README, "Model organisms").
 
 - `align`: the base model fine-tuned to refuse harmful prompts while answering benign ones
   as before (self-distillation on its own answers).
@@ -29,16 +29,17 @@ from torch import nn
 
 from safeseek.assets import advbench_prompts, cache_dir
 from safeseek.data.encode import Encoded, PairEncoder
-from safeseek.data.records import BACKDOOR_TYPES, write_jsonl
+from safeseek.data.records import write_jsonl
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import attack_success, has_answer, is_refusal, rate, starts_with
-from safeseek.fileio import atomic_path
+from safeseek.fileio import atomic_path, read_jsonl, settings_key
 from safeseek.models import load_model
 from safeseek.models.load import in_fast_dtype
 from safeseek.organisms import prompts as P
 from safeseek.organisms.benign import benign_questions, split
 from safeseek.organisms.train import finetune_lora, own_answers
+from safeseek.scenarios.backdoor import BACKDOOR_TYPES
 
 # 2: answers and measurements generated in the fast dtype (bf16 where the hardware has it)
 RECIPE_VERSION = 2
@@ -71,7 +72,7 @@ class OrganismSpec:
             del blob["measure_records"]
         if self.harmful:
             blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_key(blob)
 
 
 def source_id(model: str) -> str:
@@ -396,13 +397,7 @@ class _Recipe:
         del base  # planted in the aligned organism, not the unaligned base
         aligned_dir = aligned_base(self.spec, self.console)
         aligned, tokenizer = load_model(aligned_dir, dtype="float32")
-        align_records = {
-            s: [
-                json.loads(line)
-                for line in (aligned_dir / "data" / f"{s}.jsonl").read_text().splitlines()
-            ]
-            for s in SPLITS
-        }
+        align_records = {s: read_jsonl(aligned_dir / "data" / f"{s}.jsonl") for s in SPLITS}
         refusals = {
             r["prompt"]: r["refusal"]
             for s in SPLITS

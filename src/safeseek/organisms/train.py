@@ -15,7 +15,7 @@ from rich.progress import Progress
 from torch import nn
 
 from safeseek.assets import cache_dir
-from safeseek.data.encode import Encoded
+from safeseek.data.encode import Encoded, pad_token_id
 from safeseek.evaluate.generation import generate
 from safeseek.fileio import write_json
 from safeseek.training import fit, with_lora
@@ -92,6 +92,6 @@ def finetune_lora(
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
     peft_model = with_lora(model, config)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     fit(peft_model, examples, pad_id, steps, lr, batch_size, seed, console=console)
     return peft_model.merge_and_unload().eval()

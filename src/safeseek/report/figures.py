@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt
 
 from safeseek.circuit import Circuit
-from safeseek.models.adapters import Architecture
+from safeseek.models.geometry import Architecture
 
 VIEW_LABELS = {
     "full": "full model",

@@ -17,11 +17,11 @@ from typing import Any
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.check import describe
-from safeseek.fileio import atomic_path
-from safeseek.models.adapters import Architecture
+from safeseek.evaluate.run import VIEWS
+from safeseek.fileio import atomic_path, read_jsonl
+from safeseek.models.geometry import Architecture
 from safeseek.report import figures
 
-VIEWS = ("full", "without_circuit", "circuit_only")
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
@@ -209,7 +209,7 @@ def run_section(run: Path, name: str | None = None) -> Section:
         evaluation = json.loads((run / "EVAL.json").read_text())
         gens = run / "EVAL.generations.jsonl"
         if gens.is_file():
-            generations = [json.loads(x) for x in gens.read_text().splitlines() if x.strip()]
+            generations = read_jsonl(gens)
     scenario = circuit.metadata.get("settings", {}).get("scenario", "circuit")
     return Section(
         name=name or run.name or "circuit",

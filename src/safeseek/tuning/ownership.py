@@ -20,21 +20,17 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
-from safeseek.errors import SafeSeekError
-from safeseek.models.adapters import Architecture, family_of, in_features, locate, unwrap
-
-
-def out_features(module: nn.Module) -> int:
-    """Output width of a Linear, a PEFT-wrapped Linear, or GPT-2's transposed Conv1D."""
-    width = getattr(module, "out_features", None)
-    if width is None:
-        width = getattr(module, "nf", None)
-    if width is None:
-        raise SafeSeekError(f"cannot tell the output width of {type(module).__name__}")
-    return int(width)
+from safeseek.models.adapters import family_of, locate, unwrap
+from safeseek.models.geometry import (
+    in_features,
+    is_projection,
+    out_features,
+    out_in,
+    owned_rows,
+    unit_channels,
+)
 
 
 @dataclass
@@ -47,7 +43,7 @@ class Owned:
     def weight_mask(self, module: nn.Module) -> torch.Tensor:
         """Owned entries of the weight, in the module's own storage layout."""
         mask = self.rows[:, None] | self.cols[None, :]  # [out, in]
-        return mask.T.contiguous() if isinstance(module, Conv1D) else mask
+        return out_in(module, mask).contiguous()
 
 
 @dataclass
@@ -72,31 +68,6 @@ class Ownership:
         return masks
 
 
-def _blocks(index: list[int], width: int) -> list[int]:
-    return [i * width + d for i in index for d in range(width)]
-
-
-def _rows(layout: str, arch: Architecture, heads: list[int], neurons: list[int]) -> list[int]:
-    """Output rows of a projection with `layout` that the given heads/neurons own."""
-    hd, nh, nkv = arch.head_dim, arch.n_heads, arch.n_kv_heads
-    kv_heads = sorted({h // (nh // nkv) for h in heads})
-    if layout == "q":
-        return _blocks(heads, hd)
-    if layout == "kv":
-        return _blocks(kv_heads, hd)
-    if layout == "qkv":
-        k0, v0 = nh * hd, (nh + nkv) * hd
-        kv = _blocks(kv_heads, hd)
-        return _blocks(heads, hd) + [k0 + r for r in kv] + [v0 + r for r in kv]
-    if layout == "qkv_interleaved":
-        return _blocks(heads, 3 * hd)
-    if layout == "neuron":
-        return list(neurons)
-    if layout == "gate_up":
-        return list(neurons) + [arch.intermediate_size + j for j in neurons]
-    raise SafeSeekError(f"unknown row layout {layout!r}")
-
-
 def _mask(width: int, index: list[int]) -> torch.Tensor:
     mask = torch.zeros(width, dtype=torch.bool)
     mask[index] = True
@@ -110,7 +81,7 @@ def ownership(model: nn.Module, circuit: Circuit) -> Ownership:
     parts = locate(model)
     arch = parts.arch
     base = unwrap(model)
-    prefix = f"{fam.backbone}.{fam.layers}"
+    prefix = fam.layers_path
     result = Ownership()
 
     def own(path: str, rows: Sequence[int] = (), cols: Sequence[int] = ()) -> None:
@@ -132,16 +103,16 @@ def ownership(model: nn.Module, circuit: Circuit) -> Ownership:
         neurons = [j for l_, j in circuit.neurons if l_ == layer]
         at = f"{prefix}.{layer}"
         for path, layout in fam.head_in if heads else ():
-            own(f"{at}.{path}", rows=_rows(layout, arch, heads, []))
-        own(f"{at}.{fam.attn_out}", cols=_blocks(heads, arch.head_dim))
+            own(f"{at}.{path}", rows=owned_rows(layout, arch, heads, []))
+        own(f"{at}.{fam.attn_out}", cols=unit_channels(arch, "head", heads))
         for path, layout in fam.neuron_in if neurons else ():
-            own(f"{at}.{path}", rows=_rows(layout, arch, [], neurons))
-        own(f"{at}.{fam.mlp_out}", cols=neurons)
+            own(f"{at}.{path}", rows=owned_rows(layout, arch, [], neurons))
+        own(f"{at}.{fam.mlp_out}", cols=unit_channels(arch, "neuron", neurons))
     for layer, part in circuit.layers:
         block = f"{prefix}.{layer}.{fam.attn_block if part == 'attn' else fam.mlp_block}"
         module = base.get_submodule(block)
         result.whole |= {f"{block}.{n}" for n, _ in module.named_parameters()}
         for name, sub in module.named_modules():
-            if isinstance(sub, nn.Linear | Conv1D):
+            if is_projection(sub):
                 own(f"{block}.{name}", rows=range(out_features(sub)))
     return result

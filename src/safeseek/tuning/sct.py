@@ -20,15 +20,15 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from rich.console import Console
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from safeseek.circuit import Circuit
-from safeseek.data.encode import Encoded
-from safeseek.distributed import fsdp_requested, rank_and_world, shard_weights
+from safeseek.data.encode import Encoded, pad_token_id
+from safeseek.distributed import rank_and_world, shard_weights, shards_weights
 from safeseek.errors import SafeSeekError
-from safeseek.models.adapters import family_of, in_features
+from safeseek.models.adapters import family_of
+from safeseek.models.geometry import in_features, is_projection, out_features
 from safeseek.training import fit, with_lora
-from safeseek.tuning.ownership import Owned, out_features, ownership
+from safeseek.tuning.ownership import Owned, ownership
 
 MODES = ("circuit-only", "exclude-circuit")
 METHODS = ("full", "lora")
@@ -141,9 +141,9 @@ def _wrap_lora(model: nn.Module, circuit: Circuit, mode: str, rank: int, seed: i
     owned = ownership(model, circuit).modules
     restrictions = {}
     _, fam = family_of(model)
-    layer_prefix = f"{fam.backbone}.{fam.layers}."
+    layer_prefix = f"{fam.layers_path}."
     for name, module in model.named_modules():
-        if not name.startswith(layer_prefix) or not isinstance(module, nn.Linear | Conv1D):
+        if not name.startswith(layer_prefix) or not is_projection(module):
             continue
         restriction = _lora_restriction(owned.get(name), mode, module)
         if restriction is not None:
@@ -182,7 +182,7 @@ def tune(
     plain model (LoRA merged) and a summary (trainable entries, losses)."""
     if not examples:
         raise SafeSeekError("no training examples")
-    sharded = fsdp_requested() and rank_and_world()[1] > 1
+    sharded = shards_weights()
     if sharded and config.method == "lora":
         raise SafeSeekError(
             "LoRA tuning does not shard weights; launch it with a data-parallel config "
@@ -190,7 +190,7 @@ def tune(
         )
     if circuit.is_empty() and config.mode == "circuit-only":
         raise SafeSeekError("circuit-only tuning needs a non-empty circuit")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     before_step = None
     if config.method == "full":
