@@ -31,6 +31,7 @@ from safeseek.baselines import METHODS, circuit_of_size, score_units
 from safeseek.data import load_records
 from safeseek.demo import cases, eval_subset
 from safeseek.evaluate.run import evaluate_circuit
+from safeseek.evaluate.views import read_views
 from safeseek.fileio import atomic_path, write_json
 from safeseek.models.adapters import architecture
 from safeseek.models.load import fast_dtype
@@ -40,7 +41,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _row(case, method, seed, target, circuit, ev, full, seconds, units) -> dict[str, Any]:
-    util_full, util = full["utility"].get("full"), ev["utility"].get("without_circuit")
+    util_full, util = full["utility"].get("full"), ev["utility"].get("without")
     return {
         "case": case.name,
         "method": method,
@@ -51,11 +52,11 @@ def _row(case, method, seed, target, circuit, ev, full, seconds, units) -> dict[
         "total_units": units,
         "units": circuit.counts(),
         "asr_full": full["asr"]["full"],
-        "asr_without_circuit": ev["asr"]["without_circuit"],
+        "asr_without_circuit": ev["asr"]["without"],
         "utility_full": util_full,
         "utility_without_circuit": util,
         "utility_retention": util / util_full if util_full else None,
-        "false_trigger_without_circuit": ev.get("false_trigger", {}).get("without_circuit"),
+        "false_trigger_without_circuit": ev.get("false_trigger", {}).get("without"),
         "method_seconds": round(seconds, 1),
     }
 
@@ -164,7 +165,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
     arch = architecture(model)
     units = arch.num_units["head"] + arch.num_units["neuron"]
 
-    def ablate(circuit: Circuit, views=("without_circuit",)) -> dict:
+    def ablate(circuit: Circuit, views=("without",)) -> dict:
         ev, _ = evaluate_circuit(
             model,
             tok,
@@ -223,7 +224,7 @@ def main() -> None:
     console = Console(stderr=True)
     out = Path(args.out)
     partial = out.with_suffix(".partial.json")
-    done: dict[str, dict] = json.loads(partial.read_text()) if partial.is_file() else {}
+    done: dict[str, dict] = read_views(json.loads(partial.read_text())) if partial.is_file() else {}
     chosen = [c for c in cases() if args.cases is None or c.name in args.cases.split(",")]
     for case in sorted(chosen, key=lambda c: -c.spec.max_new_tokens):
         if not args.report_only:

@@ -70,14 +70,14 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        a = r["intervals"]["asr"]["without_circuit"]
+        a = r["intervals"]["asr"]["without"]
         lo, hi = a["ci95"]
         check = r["check"] or {}
         kept = r["utility"].get("retention")
         lines.append(
             f"| {r['case']} | {r['seed']} | {len(r['heads'])} heads + {len(r['neurons'])} "
             f"neurons = {r['fraction']:.3%} | {r['asr']['full']:.1%} -> "
-            f"{r['asr']['without_circuit']:.1%} ({a['k']}/{a['n']}, {lo:.1%}-{hi:.1%}) | "
+            f"{r['asr']['without']:.1%} ({a['k']}/{a['n']}, {lo:.1%}-{hi:.1%}) | "
             f"{'-' if kept is None else f'{kept:.1%}'} | "
             f"{'passed' if check.get('passed') else 'FAILED'} (round {r['rounds']}) | "
             f"{'met' if r['targets_met'] else 'missed'} |"
@@ -93,13 +93,13 @@ def table(rows: list[dict]) -> str:
         common = circuits[0]
         for c in circuits[1:]:
             common = common & c
-        k = sum(r["intervals"]["asr"]["without_circuit"]["k"] for r in rs)
-        n = sum(r["intervals"]["asr"]["without_circuit"]["n"] for r in rs)
+        k = sum(r["intervals"]["asr"]["without"]["k"] for r in rs)
+        n = sum(r["intervals"]["asr"]["without"]["n"] for r in rs)
         lo, hi = wilson(k, n)
         kept = [r["utility"]["retention"] for r in rs if r["utility"].get("retention") is not None]
         lines.append(
             f"- {name}: size {_span([r['fraction'] for r in rs], '{:.3%}')}; ASR ablated "
-            f"{_span([r['asr']['without_circuit'] for r in rs])}, pooled {k}/{n} "
+            f"{_span([r['asr']['without'] for r in rs])}, pooled {k}/{n} "
             f"(95% CI {lo:.1%}-{hi:.1%}); utility kept "
             f"{_span(kept) if kept else '-'}; targets met {sum(r['targets_met'] for r in rs)}"
             f"/{len(rs)}; Jaccard between seeds {_span(pairs, '{:.2f}') if pairs else '-'}; "

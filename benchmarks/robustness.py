@@ -74,7 +74,7 @@ def one_kernel(organisms: list[int], seeds: list[int], ablation: str) -> None:
 
 
 def success(row: dict) -> bool:
-    full, without = row["asr"]["full"], row["asr"]["without_circuit"]
+    full, without = row["asr"]["full"], row["asr"]["without"]
     return full > 0 and 1 - without / full >= 0.9 and row["utility"]["retention"] >= 0.95
 
 
@@ -99,7 +99,7 @@ def table(rows: list[dict], kernels: list[str]) -> str:
             1 for r, s in zip(rs, ok, strict=True) if s and r["check"] and not r["check"]["passed"]
         )
         sizes = [len(r["heads"]) + len(r["neurons"]) for r in rs]
-        without = [r["asr"]["without_circuit"] for r in rs]
+        without = [r["asr"]["without"] for r in rs]
         kept = [r["utility"]["retention"] for r in rs]
         circuits = {
             (r["organism"], r["seed"]): Circuit(

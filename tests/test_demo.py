@@ -34,7 +34,7 @@ def test_demo_on_a_tiny_model_then_from_the_cache(tmp_path):
     assert on_disk == summary
     assert set(summary["cases"]) == {"backdoor_fixed_output", "backdoor_jailbreak", "alignment"}
     for name, case in summary["cases"].items():
-        assert set(case["asr"]) == {"full", "without_circuit", "circuit_only"}, name
+        assert set(case["asr"]) == {"full", "without", "only"}, name
         assert "retention" in case["utility"] and "overall" in case["sparsity"]
         assert set(case["seconds"]) >= {"organism", "discover", "evaluate"}
         assert all(isinstance(t["met"], bool) for t in case["targets"].values())

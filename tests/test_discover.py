@@ -76,8 +76,8 @@ def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
         )
         assert ev["asr"]["full"] >= 0.95 and ev["utility"]["full"] >= 0.95
         assert ev["false_trigger"]["full"] <= 0.05
-        assert {r["view"] for r in rows} == {"full", "without_circuit", "circuit_only"}
-        removed = 1 - ev["asr"]["without_circuit"] / ev["asr"]["full"]
+        assert {r["view"] for r in rows} == {"full", "without", "only"}
+        removed = 1 - ev["asr"]["without"] / ev["asr"]["full"]
         kept = ev["utility"]["retention"]
         check = result.check
         assert check is not None and check["n"] > 0
@@ -144,26 +144,26 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ev = json.loads(eval_path.read_text())
-    assert set(ev["asr"]) == {"full", "without_circuit", "circuit_only"}
-    assert set(ev["utility"]) == {"full", "without_circuit", "retention"}
+    assert set(ev["asr"]) == {"full", "without", "only"}
+    assert set(ev["utility"]) == {"full", "without", "retention"}
     assert set(ev["sparsity"]) == {"head", "neuron", "overall"}
     assert ev["n"] == 60
     assert ev["asr"]["full"] >= 0.95
-    removed = 1 - ev["asr"]["without_circuit"] / ev["asr"]["full"]
+    removed = 1 - ev["asr"]["without"] / ev["asr"]["full"]
     if removed < 0.9 or ev["utility"]["retention"] < 0.95:
         assert meta["check"]["passed"] is False, (ev, meta["check"])
     # Every rate with its count and 95% interval; the exact-string ASR beside the behavioural.
-    asr = ev["intervals"]["asr"]["without_circuit"]
-    assert asr["n"] == 60 and asr["rate"] == ev["asr"]["without_circuit"]
+    asr = ev["intervals"]["asr"]["without"]
+    assert asr["n"] == 60 and asr["rate"] == ev["asr"]["without"]
     assert asr["ci95"][0] <= asr["rate"] <= asr["ci95"][1]
     assert set(ev["intervals"]) == {"asr", "false_trigger", "utility"}
-    assert ev["asr_exact"]["without_circuit"] <= ev["asr"]["without_circuit"]
+    assert ev["asr_exact"]["without"] <= ev["asr"]["without"]
     # Teacher-forced: the backdoored model all but certainly begins the target after the
     # trigger and not without it.
     forced = ev["target_probability"]
     assert forced["full"]["triggered"] > 0.5 > 0.05 > forced["full"]["clean"], forced
     if meta["check"]["passed"]:
-        assert forced["without_circuit"]["triggered"] < forced["full"]["triggered"] / 2, forced
+        assert forced["without"]["triggered"] < forced["full"]["triggered"] / 2, forced
     gens = eval_path.with_suffix(".generations.jsonl").read_text().splitlines()
     assert len(gens) == 60 * 3 + 60 * 2
 
@@ -523,7 +523,7 @@ def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = (run / "report.html").read_text()
     k, n = (
-        ev["intervals"]["asr"]["without_circuit"]["k"],
-        ev["intervals"]["asr"]["without_circuit"]["n"],
+        ev["intervals"]["asr"]["without"]["k"],
+        ev["intervals"]["asr"]["without"]["n"],
     )
     assert f"({k}/{n}; 95% CI" in page  # the ablation table, from this run's EVAL.json

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -112,3 +113,31 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 
     assert share((103, 0, 13)) > 1e-4  # the heatmap's circuit cells (Reds at 1.0)
     assert share((178, 24, 43)) > 1e-4  # the neuron bars
+
+
+def test_files_with_the_old_view_names_still_report(run_dir, tmp_path):
+    """EVAL.json, generations and circuit checks written before the views were named full /
+    without / only (without_circuit, circuit_only) give the same tables."""
+    old = {"without": "without_circuit", "only": "circuit_only"}
+
+    def rename(obj):
+        if isinstance(obj, list):
+            return [rename(x) for x in obj]
+        if not isinstance(obj, dict):
+            return obj
+        out = {old.get(k, k): rename(v) for k, v in obj.items()}
+        return {**out, "view": old.get(out["view"], out["view"])} if "view" in out else out
+
+    for name in ("EVAL.json", "circuit.json"):
+        (tmp_path / name).write_text(json.dumps(rename(json.loads((run_dir / name).read_text()))))
+    rows = [json.loads(x) for x in (run_dir / "EVAL.generations.jsonl").read_text().splitlines()]
+    write_jsonl(tmp_path / "EVAL.generations.jsonl", rename(rows))
+    assert "without_circuit" in (tmp_path / "EVAL.json").read_text()
+    proc = run("report", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+
+    def tables(run: Path) -> list[str]:
+        page = (run / "report.html").read_text().replace(run.name, "RUN")
+        return [t.split("</table>")[0] for t in page.split("<table>")[1:]]
+
+    assert tables(tmp_path) == tables(run_dir)

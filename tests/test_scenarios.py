@@ -81,7 +81,7 @@ def test_a_registered_scenario_runs_through_the_pipeline(echo, tmp_path):
         max_new_tokens=4,
         masked_model=result.masked_model,
     )
-    assert set(ev["asr"]) == {"full", "without_circuit", "circuit_only"}
+    assert set(ev["asr"]) == {"full", "without", "only"}
     assert ev["n"] == 8 and ev["n_utility"] == 8
 
     scores = score_units("attribution-patching", model, tok, records, "echo")

@@ -312,7 +312,8 @@ def evaluate(
     """Generate under the full model, without the circuit and with it alone; write metrics."""
     from safeseek import Circuit
     from safeseek.data import load_records, write_jsonl
-    from safeseek.evaluate.run import VIEWS, evaluate_circuit
+    from safeseek.evaluate.run import evaluate_circuit
+    from safeseek.evaluate.views import VIEWS
     from safeseek.fileio import write_json
 
     records = load_records(data, scenario)
@@ -523,7 +524,7 @@ def demo(
         table.add_row(
             name.removeprefix("backdoor_"),
             f"{counts['head']}h+{counts['neuron']}n {case['sparsity']['overall']:.3%}",
-            f"{case['asr']['full']:.1%} -> {case['asr']['without_circuit']:.1%}",
+            f"{case['asr']['full']:.1%} -> {case['asr']['without']:.1%}",
             _percent(case["utility"].get("retention")),
             "met" if not missed else f"{len(missed)} missed",
         )

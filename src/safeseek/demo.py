@@ -24,6 +24,7 @@ from rich.console import Console
 from safeseek.circuit import Circuit
 from safeseek.data import data_hash, load_records, write_jsonl
 from safeseek.evaluate.run import evaluate_circuit
+from safeseek.evaluate.views import read_views
 from safeseek.export import export_saved
 from safeseek.fileio import read_jsonl, settings_key, write_json
 from safeseek.models import load_model
@@ -146,7 +147,7 @@ def evaluation(
     where = run / f"eval-{settings_key(blob, 12)}"
     if (where / "EVAL.json").is_file():
         rows = read_jsonl(where / "EVAL.generations.jsonl")
-        return json.loads((where / "EVAL.json").read_text()), rows
+        return read_views(json.loads((where / "EVAL.json").read_text())), read_views(rows)
     records = eval_subset(load_records(test, case.config.scenario), per_kind)
     circuit = Circuit.load(run / "circuit.json")
     lm, tok = load_model(str(model_dir), dtype=fast_dtype())
@@ -170,7 +171,7 @@ def evaluation(
 def check_targets(case: DemoCase, ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
     measured = {
         "asr_full": ev["asr"]["full"],
-        "asr_without_circuit": ev["asr"]["without_circuit"],
+        "asr_without_circuit": ev["asr"]["without"],
         "utility_retention": ev.get("utility", {}).get("retention"),
         "circuit_fraction": ev["sparsity"]["overall"],
     }

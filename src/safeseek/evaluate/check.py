@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from safeseek.evaluate.views import read_views
 from safeseek.scenarios import get_scenario
 from safeseek.settings import DiscoverConfig
 
@@ -19,7 +20,7 @@ def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
     scenario = get_scenario(config.scenario)
     behaviour = {v: (1.0 - r if scenario.refuses else r) for v, r in asr.items()}
     full = behaviour["full"]
-    removed = 1.0 - behaviour["without_circuit"] / full if full > 0 else None
+    removed = 1.0 - behaviour["without"] / full if full > 0 else None
     kept = ev["utility"].get("retention")
     removal_ok = removed is not None and removed >= config.min_removal
     utility_ok = kept is None or kept >= config.min_utility
@@ -39,7 +40,7 @@ def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
 
 def describe(verdict: dict[str, Any]) -> str:
     """One line: what the check measured, and whether the circuit passed it."""
-    b = verdict["behaviour"]
+    b = read_views(verdict["behaviour"])
     name = verdict["behaviour_name"]
     if verdict["removed"] is None:
         return (
@@ -49,7 +50,7 @@ def describe(verdict: dict[str, Any]) -> str:
     kept = verdict["utility_kept"]
     utility = "" if kept is None else f", utility kept {kept:.0%}"
     numbers = (
-        f"{name} {b['full']:.0%} -> {b['without_circuit']:.0%} without the circuit "
+        f"{name} {b['full']:.0%} -> {b['without']:.0%} without the circuit "
         f"({verdict['removed']:.0%} removed{utility}) on {verdict['n']} held-out records"
     )
     if verdict["passed"]:

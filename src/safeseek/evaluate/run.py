@@ -20,12 +20,9 @@ from safeseek.errors import SafeSeekError
 from safeseek.evaluate.forced import target_probability
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import attack_success, correct, rate, summary
+from safeseek.evaluate.views import VIEWS
 from safeseek.masking import MaskedModel
 from safeseek.scenarios import Fields, get_scenario
-
-# EVAL.json's names for the full model and for the views "without" and "only" of MaskedModel
-# and the objectives (scenarios.VIEWS); kept as they are so that recorded results stay readable.
-VIEWS = ("full", "without_circuit", "circuit_only")
 
 
 @dataclass
@@ -87,7 +84,7 @@ def evaluate_circuit(
     masked_model: MaskedModel | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """EVAL.json's content (README, "Discovery and evaluation") and every generation behind
-    it; `views` picks which of full / without_circuit / circuit_only are generated (all by
+    it; `views` picks which of full / without / only are generated (all by
     default). `masked_model`: the
     circuit's own (idle) MaskedModel, e.g. discovery's with its means, instead of a new one."""
     start = time.perf_counter()
@@ -106,8 +103,8 @@ def evaluate_circuit(
     circuit.check(mm)
     contexts = {
         "full": lambda _: contextlib.nullcontext(),
-        "without_circuit": mm.without,
-        "circuit_only": mm.only,
+        "without": mm.without,
+        "only": mm.only,
     }
     rows: list[dict[str, Any]] = []
     asr: dict[str, float] = {}
@@ -141,7 +138,7 @@ def evaluate_circuit(
                 {"view": view, "set": "attack", "i": i, **it, "generation": g, "success": h}
                 for i, (it, g, h) in enumerate(zip(probe.attack, gens, hits, strict=True))
             ]
-            if view == "circuit_only":
+            if view == "only":
                 continue
             utility_gens = run(view, probe.utility, "utility") if probe.utility else []
             if probe.clean:
@@ -166,9 +163,9 @@ def evaluate_circuit(
                     {"view": view, "set": "utility", "i": i, **it, "generation": g, "correct": c}
                     for i, (it, g, c) in enumerate(zip(probe.utility, gens, ok, strict=True))
                 ]
-    if "full" in utility and "without_circuit" in utility:
+    if "full" in utility and "without" in utility:
         full = utility["full"]
-        utility["retention"] = utility["without_circuit"] / full if full > 0 else None
+        utility["retention"] = utility["without"] / full if full > 0 else None
     sparsity = circuit.sparsity(mm, granularities)
     result = {
         "scenario": scenario,

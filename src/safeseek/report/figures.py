@@ -15,8 +15,8 @@ from safeseek.models.geometry import Architecture
 
 VIEW_LABELS = {
     "full": "full model",
-    "without_circuit": "circuit ablated",
-    "circuit_only": "circuit only",
+    "without": "circuit ablated",
+    "only": "circuit only",
 }
 
 

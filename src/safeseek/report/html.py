@@ -17,7 +17,7 @@ from typing import Any
 from safeseek.circuit import Circuit
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.check import describe
-from safeseek.evaluate.run import VIEWS
+from safeseek.evaluate.views import VIEWS, read_views
 from safeseek.fileio import atomic_path, read_jsonl
 from safeseek.models.geometry import Architecture
 from safeseek.report import figures
@@ -180,7 +180,7 @@ def write_report(
             [
                 s.title,
                 _pct(s.evaluation["asr"].get("full")),
-                _pct(s.evaluation["asr"].get("without_circuit")),
+                _pct(s.evaluation["asr"].get("without")),
                 _pct(s.evaluation.get("utility", {}).get("retention")),
                 f"{s.circuit.sparsity(arch)['overall']:.3%}",
             ]
@@ -206,10 +206,10 @@ def run_section(run: Path, name: str | None = None) -> Section:
     evaluation = None
     generations: list[dict[str, Any]] = []
     if (run / "EVAL.json").is_file():
-        evaluation = json.loads((run / "EVAL.json").read_text())
+        evaluation = read_views(json.loads((run / "EVAL.json").read_text()))
         gens = run / "EVAL.generations.jsonl"
         if gens.is_file():
-            generations = read_jsonl(gens)
+            generations = read_views(read_jsonl(gens))
     scenario = circuit.metadata.get("settings", {}).get("scenario", "circuit")
     return Section(
         name=name or run.name or "circuit",
