@@ -86,6 +86,24 @@ def test_two_processes_find_the_circuit_one_process_finds(organism, single, tmp_
     assert sel_a == sel_b
 
 
+def test_a_default_run_ends_with_the_circuit_one_process_ends_with(tmp_path):
+    """Default settings (200 steps, held-out checks, the stopping rule and the end-of-run
+    check) with a 10% size target: two data-parallel processes keep the circuit one process
+    keeps. Measured on organisms 0-3 here and under default / avx2 kernels: the same circuit
+    every time, mask logits within 5e-6."""
+    save(tmp_path, {"train.jsonl": records(200, 7)}, seed=0)
+    args = ["discover", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "train.jsonl")]
+    args += ["--sparsity-target", "0.1", "--dtype", "float32"]
+    _launch(None, *args, "--out", str(tmp_path / "one"))
+    _launch("cpu-2-processes.yaml", *args, "--out", str(tmp_path / "two"))
+    a, b = (Circuit.load(tmp_path / run / "circuit.json") for run in ("one", "two"))
+    assert not a.is_empty()
+    assert a.heads == b.heads and a.neurons == b.neurons
+    one, two = (load_file(str(tmp_path / run / "masks.safetensors")) for run in ("one", "two"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-4, rtol=0)
+
+
 def _tune(organism: Path, circuit: Path, out: Path, config: str | None) -> None:
     data = out.parent / "tune.jsonl"
     prompts = [f"what is {x} ?" for x in "abcdef"]
