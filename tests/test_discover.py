@@ -471,10 +471,11 @@ def test_generation_ends_at_the_chat_templates_end_of_turn(organism):
 def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
     organism, tmp_path, parametrization, ablation
 ):
-    """`evaluate`, `export` and `report` (through the CLI) rebuild a run's masks from
-    circuit.json and masks.safetensors (its parametrization, ablation and means): the exported
-    checkpoint equals the rebuilt MaskedModel without the circuit, evaluation measures the
-    circuit discovery found, and the report is written."""
+    """`evaluate`, `export` and `report` rebuild a run's masks from circuit.json and
+    masks.safetensors (its parametrization, ablation and means): the exported checkpoint equals
+    the rebuilt MaskedModel without the circuit, evaluation measures the circuit discovery
+    found, and the report is written. Export runs through the CLI for every case; evaluate and
+    report for hard_concrete + mean (issue 15's case), the others evaluate from the files."""
     from transformers import AutoModelForCausalLM
 
     from safeseek import MaskedModel
@@ -504,14 +505,21 @@ def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
     with torch.no_grad():
         torch.testing.assert_close(exported(**batch).logits, want, atol=1e-4, rtol=0)
 
-    data = tmp_path / "test.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in records(20, 100)))
-    proc = _cli("evaluate", "--model", str(root / "model"), "--circuit", str(run / "circuit.json"),
-                "--data", str(data), "--out", str(run / "EVAL.json"),
-                "--max-new-tokens", "3")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    ev = json.loads((run / "EVAL.json").read_text())
     test_recs = [validate(r, "backdoor", "t") for r in records(20, 100)]
+    through_cli = (parametrization, ablation) == ("hard_concrete", "mean")  # ~10 s a command
+    if not through_cli:
+        ev, _ = evaluate_circuit(
+            model, tok, circuit, "backdoor", test_recs, masks_path=run / "masks.safetensors",
+            max_new_tokens=3,
+        )  # fmt: skip
+    else:
+        data = tmp_path / "test.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records(20, 100)))
+        proc = _cli("evaluate", "--model", str(root / "model"),
+                    "--circuit", str(run / "circuit.json"), "--data", str(data),
+                    "--out", str(run / "EVAL.json"), "--max-new-tokens", "3")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ev = json.loads((run / "EVAL.json").read_text())
     direct, _ = evaluate_circuit(
         model, tok, found.circuit, "backdoor", test_recs, max_new_tokens=3,
         masked_model=found.masked_model,
@@ -519,11 +527,9 @@ def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
     assert ev["settings"]["ablation"] == ablation
     assert (ev["asr"], ev["utility"]) == (direct["asr"], direct["utility"])
 
-    proc = _cli("report", str(run))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    page = (run / "report.html").read_text()
-    k, n = (
-        ev["intervals"]["asr"]["without"]["k"],
-        ev["intervals"]["asr"]["without"]["n"],
-    )
-    assert f"({k}/{n}; 95% CI" in page  # the ablation table, from this run's EVAL.json
+    if through_cli:
+        proc = _cli("report", str(run))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        page = (run / "report.html").read_text()
+        cell = ev["intervals"]["asr"]["without"]
+        assert f"({cell['k']}/{cell['n']}; 95% CI" in page  # the table of this EVAL.json
