@@ -4,6 +4,9 @@ Measures, in one run (interleaved, medians; the machines are noisy):
 - seconds per discovery step (default terms, batch of 8 records) and tokens per second;
 - that step's ratio to a plain frozen forward+backward of the same token rows (no masks,
   embedding output requiring grad so the backward runs through every layer);
+- the no-grad forward of the step's KL rows that each step paid before the full model's
+  reference was kept for the run (`reference_pass`), and the kept reference's size and the
+  seconds it took to compute;
 - on CUDA: peak memory of a step against the estimate printed before a run
   (`safeseek.memory`), with and without gradient checkpointing;
 - seconds per epoch of 100 backdoor records with all four paths on (without the circuit on
@@ -155,7 +158,9 @@ def main() -> None:
     else:
         model, tok = load_model(args.model, dtype=args.dtype)
     recs = backdoor_records(args.records)
+    start = time.perf_counter()
     default = Discovery(model, tok, recs, DiscoverConfig("backdoor", steps=10**6), progress=False)
+    setup_s = time.perf_counter() - start
     all_paths = {"only_triggered": 1.0, "only_clean": 1.0}
     four = Discovery(
         model, tok, recs, DiscoverConfig("backdoor", steps=10**6, weights=all_paths), progress=False
@@ -177,6 +182,17 @@ def main() -> None:
         finally:
             hook.remove()
 
+    @torch.no_grad()
+    def reference_pass(step: int) -> None:
+        """What each step computed before the reference was kept: the full model on its KL
+        rows, at labelled positions, as log-probabilities."""
+        examples = [default.examples[i] for i in default.batcher.indices(step)]
+        kl = [t for t in default.terms if t.loss == "kl"]
+        rows = [ex[t.name] for t in kl for ex in examples if t.name in ex]
+        batch = {k: v.to(model.device) for k, v in pad(rows, default.pad_id).items()}
+        logits, _ = labelled_logits(model, parts=default.mm.parts, **batch)
+        torch.log_softmax(logits.float(), dim=-1)
+
     def disc_step(step: int) -> None:
         default.step = step
         default.train_step()
@@ -185,13 +201,18 @@ def main() -> None:
         examples = [default.examples[i] for i in default.batcher.indices(step)]
         return sum(len(ex[t.name].input_ids) for t in default.terms for ex in examples)
 
-    times: dict[str, list[float]] = {"discover_step": [], "plain_step": []}
+    times: dict[str, list[float]] = {"discover_step": [], "plain_step": [], "reference_pass": []}
     tokens: list[int] = []
     for warm_up in range(3):
         disc_step(warm_up)
         plain_step(warm_up)
+        reference_pass(warm_up)
     for rep in range(args.reps):
-        pairs = [("discover_step", disc_step), ("plain_step", plain_step)]
+        pairs = [
+            ("discover_step", disc_step),
+            ("plain_step", plain_step),
+            ("reference_pass", reference_pass),
+        ]
         for name, fn in pairs if rep % 2 == 0 else pairs[::-1]:
             _sync()
             start = time.perf_counter()
@@ -229,6 +250,7 @@ def main() -> None:
     tokens_per_s = {
         k: statistics.median(n / t for n, t in zip(tokens, v, strict=True))
         for k, v in times.items()
+        if k != "reference_pass"
     }
     result = {
         "benchmark": "discover_step",
@@ -245,6 +267,12 @@ def main() -> None:
         "rows_per_step": len(default.terms) * default.batcher.batch_size,
         "median_s": med,
         "ratio_discover_over_plain": med["discover_step"] / med["plain_step"],
+        # Each step paid the reference pass before the reference was kept for the run.
+        "ratio_with_reference_pass_over_plain": (med["discover_step"] + med["reference_pass"])
+        / med["plain_step"],
+        "reference_tokens": default.config.reference_tokens,
+        "reference_mib": default.reference_bytes() / 2**20,
+        "setup_s_with_reference": setup_s,
         "tokens_per_step_median": statistics.median(tokens),
         "tokens_per_s_median": tokens_per_s,
         "memory": memory,
@@ -255,7 +283,14 @@ def main() -> None:
         "times_s": times,
     }
     write_json(args.out, result)
-    keys = ("median_s", "ratio_discover_over_plain", "tokens_per_s_median", "memory")
+    keys = (
+        "median_s",
+        "ratio_discover_over_plain",
+        "ratio_with_reference_pass_over_plain",
+        "reference_mib",
+        "tokens_per_s_median",
+        "memory",
+    )
     print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 

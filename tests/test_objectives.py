@@ -14,7 +14,7 @@ from safeseek.data import pad
 from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery
 from safeseek.forward import labelled_logits
-from safeseek.objectives import objective, term_loss
+from safeseek.objectives import Reference, objective, term_loss
 from safeseek.objectives.base import MARGIN, ONSET_TOKENS
 
 
@@ -69,14 +69,42 @@ def test_term_losses_against_hand_computation():
         return math.log(1 + rival / float(p[row, choice]) * math.exp(MARGIN))
 
     kl = (per_position.sum() + keep(0) + keep(2)) / 5
-    assert torch.allclose(term_loss("kl", logits, targets, ref, lengths=[2, 3]), kl, atol=1e-6)
+    got = term_loss("kl", logits, targets, Reference.of(ref), lengths=[2, 3])
+    assert torch.allclose(got, kl, atol=1e-6)
     # The view equal to the full model: no divergence, only the margin on its first choice.
-    same = term_loss("kl", logits, targets, logits.log_softmax(-1), lengths=[5])
+    same = term_loss("kl", logits, targets, Reference.of(logits.log_softmax(-1)), lengths=[5])
     assert torch.allclose(same, torch.tensor(keep(0, logits.log_softmax(-1)) / 5), atol=1e-6)
     # The unlikelihood term is bounded below by 0 even when the target is certain not to occur.
     certain_no = torch.full((1, 3), -1e4)
     certain_no[0, 0] = 1e4
     assert term_loss("unlikely", certain_no, torch.tensor([1])) >= 0
+
+
+def test_reference_keeps_the_top_tokens_and_the_mass_of_the_rest():
+    torch.manual_seed(1)
+    full = torch.randn(4, 9).log_softmax(-1)
+    view = torch.randn(4, 9).log_softmax(-1)
+    k = 3
+    ref = Reference.of(full, k)
+    assert ref.logp.shape == (4, k) and ref.nbytes == 4 * k * (4 + 4) + 4 * 4
+    # By hand: the divergence between the k + 1 bins (each top token, then the rest).
+    want = 0.0
+    for row in range(4):
+        order = sorted(range(9), key=lambda v: -float(full[row, v]))
+        top, rest = order[:k], order[k:]
+        p = [float(full[row, v].exp()) for v in top] + [sum(float(full[row, v].exp()) for v in rest)]
+        q = [float(view[row, v].exp()) for v in top] + [sum(float(view[row, v].exp()) for v in rest)]
+        want += sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+        assert int(ref.choice()[row]) == order[0]
+    assert math.isclose(float(ref.divergence(view)), want, rel_tol=1e-5)
+    exact = float(Reference.of(full).divergence(view))
+    assert want <= exact + 1e-6  # merging bins never adds divergence
+    # k covering the vocabulary, or None: full rows, the exact KL; rows can be sliced and joined.
+    assert Reference.of(full, 9).tokens is None
+    assert math.isclose(float(Reference.of(full, 8).divergence(view)), exact, rel_tol=1e-5)
+    joined = Reference.cat([ref[0:1], ref[1:4]])
+    assert torch.equal(joined.logp, ref.logp) and torch.equal(joined.tail, ref.tail)
+    assert float(ref.divergence(full)) < 1e-6  # a view equal to the full model: no divergence
 
 
 def test_weights_and_unknown_terms():
@@ -96,9 +124,10 @@ def test_batched_view_losses_equal_separate_passes():
     }
     records = [validate({**rec, "clean_prompt": f"what is {x} ?"}, "backdoor", "t") for x in "abc"]
     weights = {"only_triggered": 1.0, "only_clean": 1.0}
-    run = Discovery(
-        model, tok, records, DiscoverConfig("backdoor", weights=weights), progress=False
-    )
+    # The full model's reference is kept from the start; here its top 5 tokens and the tail.
+    k = 5
+    config = DiscoverConfig("backdoor", weights=weights, reference_tokens=k)
+    run = Discovery(model, tok, records, config, progress=False)
     with torch.no_grad():
         for m in run.mm.masks.values():
             m.logits.normal_()
@@ -110,7 +139,8 @@ def test_batched_view_losses_equal_separate_passes():
             ref = None
             if term.loss == "kl":
                 with torch.no_grad():
-                    ref = F.log_softmax(labelled_logits(model, **batch)[0], -1)
+                    full = F.log_softmax(labelled_logits(model, **batch)[0], -1)
+                ref = Reference.of(full, k)
             with run.mm.learned(view):
                 logits, targets = labelled_logits(model, **batch)
             lengths = [e.scored for e in (ex[term.name] for ex in run.examples)]

@@ -132,6 +132,13 @@ def discover(
     max_response_tokens: Annotated[
         int, typer.Option(help="response tokens scored per example (0: all)")
     ] = _D.max_response_tokens or 0,
+    reference_tokens: Annotated[
+        int,
+        typer.Option(
+            help="likeliest tokens of the full model kept per position for the KL terms "
+            "(0: full rows, exact)"
+        ),
+    ] = _D.reference_tokens or 0,
     seed: int = _D.seed,
     seeds: Annotated[
         str | None,
@@ -212,6 +219,7 @@ def discover(
         seed=seed_list[0],
         max_length=max_length,
         max_response_tokens=max_response_tokens or None,
+        reference_tokens=reference_tokens or None,
         weights=term_weights,
         validation_fraction=validation_fraction,
         min_removal=min_removal,

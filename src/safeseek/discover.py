@@ -45,7 +45,7 @@ from safeseek.fileio import atomic_path, write_json
 from safeseek.forward import labelled_logits
 from safeseek.masking import MaskedModel
 from safeseek.memory import MemoryEstimate, enable_checkpointing, estimate
-from safeseek.objectives import Objective, Term, objective, term_loss
+from safeseek.objectives import Objective, Reference, Term, objective, term_loss
 from safeseek.settings import DiscoverConfig
 
 CHECKPOINT_VERSION = 1
@@ -161,6 +161,7 @@ class Discovery:
         self.optimizer = torch.optim.AdamW(self.mm.parameters(), lr=config.lr, weight_decay=0.0)
         self.lagrangian = torch.optim.Adam(self.sparsity.parameters(), lr=config.lagrangian_lr)
         self.batcher = _Batcher(len(self.examples), config.batch_size, config.seed)
+        self.references = self._full_model_references()
         self.step = 0
         # Keep the best circuit on the validation split (penalty mode; a sparsity target
         # fixes the size, and the Lagrangian needs the whole run to reach it).
@@ -205,12 +206,53 @@ class Discovery:
             out.append({k: batch[k].to(device) for k in ("input_ids", "attention_mask")})
         return out
 
+    @torch.no_grad()
+    def _full_model_references(self) -> dict[int, Reference]:
+        """The full model's distribution at the labelled positions of every example a `kl`
+        term reads (training and validation), computed once: the model is frozen, so the
+        reference never changes. Keyed by the identity of the example, which the run holds.
+        Every process computes all of them (with sharded weights each forward is collective)."""
+        names = {t.name for t in self.terms if t.loss == "kl"}
+        chosen = [
+            e
+            for ex in (*self.examples, *self.val_examples)
+            for n, e in ex.items()
+            if n in names and e.scored
+        ]
+        device = self.accelerator.device
+        size = self.batcher.batch_size
+        references: dict[int, Reference] = {}
+        with Progress(
+            TextColumn("[bold]reference[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            disable=not (self.show_progress and chosen),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("reference", total=len(chosen))
+            for i in range(0, len(chosen), size):
+                part = chosen[i : i + size]
+                batch = {k: v.to(device) for k, v in pad(part, self.pad_id).items()}
+                logits, _ = labelled_logits(self.model, parts=self.mm.parts, **batch)
+                rows = Reference.of(
+                    torch.log_softmax(logits.float(), dim=-1), self.config.reference_tokens
+                )
+                start = 0
+                for e in part:
+                    references[id(e)] = rows[start : start + e.scored]
+                    start += e.scored
+                bar.advance(task, len(part))
+        return references
+
+    def reference_bytes(self) -> int:
+        return sum(r.nbytes for r in self.references.values())
+
     # -- one step ------------------------------------------------------------------------
     def _view_losses(
         self, view: str, examples: list[dict[str, Encoded]], backward: bool = False
     ) -> dict[str, torch.Tensor]:
-        """Every active term of `view` that this batch feeds, in one forward pass (plus one
-        pass without masks for the KL terms' reference distribution); with `backward`, their
+        """Every active term of `view` that this batch feeds, in one forward pass (the KL
+        terms' reference distributions are kept from the start); with `backward`, their
         weighted sum is back-propagated while the view is still on, so layers recomputed by
         gradient checkpointing see the same masks.
 
@@ -234,24 +276,17 @@ class Discovery:
         device = self.accelerator.device
         batch = {k: v.to(device) for k, v in pad(rows, self.pad_id).items()}
         positions = (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()
-        row_terms = [t for t, n_rows, _ in spans for _ in range(n_rows)]
-        kl_rows = [i for i, t in enumerate(row_terms) if t.loss == "kl"]
-        reference = None
-        if kl_rows:
-            with torch.no_grad():
-                sub = {k: v[kl_rows] for k, v in batch.items()}
-                ref_logits, _ = labelled_logits(self.model, parts=self.mm.parts, **sub)
-                reference = torch.log_softmax(ref_logits.float(), dim=-1)
         losses: dict[str, torch.Tensor] = {}
         with self.mm.learned(view):
             logits, targets = labelled_logits(self.model, parts=self.mm.parts, **batch)
-            row = pos = ref_pos = 0
+            row = pos = 0
             for t, n_rows, total in spans:
                 n_pos = sum(positions[row : row + n_rows])
                 ref = None
-                if t.loss == "kl":
-                    ref = reference[ref_pos : ref_pos + n_pos]
-                    ref_pos += n_pos
+                if t.loss == "kl" and n_pos:
+                    ref = Reference.cat(
+                        [self.references[id(e)] for e in rows[row : row + n_rows] if e.scored]
+                    )
                 sl = slice(pos, pos + n_pos)
                 lengths = positions[row : row + n_rows]
                 losses[t.name] = term_loss(
@@ -578,6 +613,12 @@ class Discovery:
             estimate = self.memory_estimate()  # every process: its probe gathers FSDP weights
             if main:
                 console.print(estimate.describe())
+                if self.references:
+                    positions = sum(len(r) for r in self.references.values())
+                    console.print(
+                        f"full-model reference kept for {positions:,} labelled positions "
+                        f"({self.reference_bytes() / 2**20:.1f} MiB)"
+                    )
                 if self.sharded:
                     console.print(
                         f"weights sharded over {self.accelerator.num_processes} processes (FSDP)"
