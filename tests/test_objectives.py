@@ -92,8 +92,9 @@ def test_reference_keeps_the_top_tokens_and_the_mass_of_the_rest():
     for row in range(4):
         order = sorted(range(9), key=lambda v: -float(full[row, v]))
         top, rest = order[:k], order[k:]
-        p = [float(full[row, v].exp()) for v in top] + [sum(float(full[row, v].exp()) for v in rest)]
-        q = [float(view[row, v].exp()) for v in top] + [sum(float(view[row, v].exp()) for v in rest)]
+        p, q = ([float(d[row, v].exp()) for v in top] for d in (full, view))
+        p.append(sum(float(full[row, v].exp()) for v in rest))
+        q.append(sum(float(view[row, v].exp()) for v in rest))
         want += sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
         assert int(ref.choice()[row]) == order[0]
     assert math.isclose(float(ref.divergence(view)), want, rel_tol=1e-5)
