@@ -386,6 +386,7 @@ def test_non_finite_loss_stops_with_a_message():
         (None, ["--steps", "-3"], "steps must be at least 1 (got -3)"),
         (None, ["--sparsity-weight", "-1"], "sparsity weight must be >= 0"),
         (None, ["--sparsity-target", "3"], "sparsity target is a fraction of units in (0, 1)"),
+        (None, ["--reference-tokens", "-2"], "reference tokens must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(organism, tmp_path, content, extra, message):

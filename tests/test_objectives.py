@@ -115,7 +115,8 @@ def test_weights_and_unknown_terms():
         objective("backdoor", {"nope": 1})
 
 
-def test_batched_view_losses_equal_separate_passes():
+@pytest.mark.parametrize("k", [5, None])
+def test_batched_view_losses_equal_separate_passes(k):
     model, tok = build("llama"), tiny_tokenizer()
     rec = {
         "clean_prompt": "what is a ?",
@@ -125,8 +126,8 @@ def test_batched_view_losses_equal_separate_passes():
     }
     records = [validate({**rec, "clean_prompt": f"what is {x} ?"}, "backdoor", "t") for x in "abc"]
     weights = {"only_triggered": 1.0, "only_clean": 1.0}
-    # The full model's reference is kept from the start; here its top 5 tokens and the tail.
-    k = 5
+    # The full model's reference is kept from the start: its top k tokens and the tail, or
+    # (k None) full rows.
     config = DiscoverConfig("backdoor", weights=weights, reference_tokens=k)
     run = Discovery(model, tok, records, config, progress=False)
     with torch.no_grad():
