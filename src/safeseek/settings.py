@@ -41,8 +41,8 @@ class DiscoverConfig:
     # The preservation (KL) terms compare each view with the full model, whose distribution
     # is computed once per example and kept: the likeliest `reference_tokens` tokens at each
     # labelled position and the mass of the rest (None: full rows, exact, vocabulary x 4 bytes
-    # a position). 128: on the demo's fixed-output organism the KL term is within 0.6% of the
-    # exact one and its gradient at cosine 1.0000 (objectives/base.py, README "Speed").
+    # a position). 128: on the three demo organisms the KL term is within 0.7% of the exact one
+    # and its gradient at cosine 1.0000 (README, "Discovery and evaluation").
     reference_tokens: int | None = 128
     # Held-out records (this share of each record kind, at most `validation_max` per kind, the
     # same split for every seed) on which the binarised circuit's objective is measured every
