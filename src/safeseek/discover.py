@@ -226,7 +226,8 @@ class Discovery:
             TextColumn("[bold]reference[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
-            disable=not (self.show_progress and chosen),
+            console=Console(stderr=True),
+            disable=not (self.show_progress and chosen and self.accelerator.is_main_process),
             transient=True,
         ) as bar:
             task = bar.add_task("reference", total=len(chosen))
