@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from safeseek import load_model
-from safeseek.assets import cache_dir
 from safeseek.data.encode import pad
 from safeseek.data.records import load_records
 from safeseek.discover import Discovery
 from safeseek.fileio import write_json
 from safeseek.forward import labelled_logits
 from safeseek.objectives import Reference, term_loss
+from safeseek.organisms.build import cached_dir
 from safeseek.settings import DiscoverConfig
 
 CASES = ("backdoor_fixed_output", "backdoor_jailbreak", "alignment")
@@ -97,9 +97,7 @@ def main() -> None:
     for case in CASES:
         run = demo / case
         org = json.loads((run / "organism.json").read_text())
-        organism = (
-            cache_dir() / "organisms" / f"{org['kind']}-{org['type'] or 'align'}-{org['key']}"
-        )
+        organism = cached_dir(org["kind"], org["type"], org["key"])
         result["cases"][case] = measure(run, organism, args.records)
         row = result["cases"][case]["by_k"]["128"]
         print(

@@ -195,10 +195,17 @@ class Discovery:
         return estimate(self.mm, rows, tokens, rows * labelled, self.checkpointing)
 
     # -- data ----------------------------------------------------------------------------
+    def _kl_examples(self, examples: Sequence[dict[str, Encoded]]) -> list[Encoded]:
+        """The examples the preservation (KL) terms read, in order."""
+        names = {t.name for t in self.terms if t.loss == "kl"}
+        return [e for ex in examples for n, e in ex.items() if n in names]
+
     def _reference_batches(self) -> list[dict[str, torch.Tensor]]:
         """Mean-ablation reference: the inputs of the preservation (KL) terms, else all."""
-        names = {t.name for t in self.terms if t.loss == "kl"} or {t.name for t in self.terms}
-        chosen = [e for ex in self.examples for n, e in ex.items() if n in names]
+        if any(t.loss == "kl" for t in self.terms):
+            chosen = self._kl_examples(self.examples)
+        else:
+            chosen = [e for ex in self.examples for e in ex.values()]
         device = self.accelerator.device
         out = []
         for i in range(0, len(chosen), 8):
@@ -212,13 +219,7 @@ class Discovery:
         term reads (training and validation), computed once: the model is frozen, so the
         reference never changes. Keyed by the identity of the example, which the run holds.
         Every process computes all of them (with sharded weights each forward is collective)."""
-        names = {t.name for t in self.terms if t.loss == "kl"}
-        chosen = [
-            e
-            for ex in (*self.examples, *self.val_examples)
-            for n, e in ex.items()
-            if n in names and e.scored
-        ]
+        chosen = [e for e in self._kl_examples([*self.examples, *self.val_examples]) if e.scored]
         device = self.accelerator.device
         size = self.batcher.batch_size
         references: dict[int, Reference] = {}

@@ -19,13 +19,13 @@ from safeseek.fileio import settings_key
 from safeseek.models import load_model
 from safeseek.models.load import fast_dtype
 from safeseek.organisms import OrganismSpec, build_organism
-from safeseek.organisms.build import source_id
+from safeseek.organisms.build import cached_dir, source_id
 from safeseek.settings import DiscoverConfig
 
 
 def organism(spec: OrganismSpec, console: Console | None = None) -> tuple[Path, dict[str, Any]]:
     """The organism's cached directory (built on first use) and its organism.json."""
-    path = cache_dir() / "organisms" / f"{spec.kind}-{spec.type or 'align'}-{spec.key()}"
+    path = cached_dir(spec.kind, spec.type, spec.key())
     return path, build_organism(spec, path, console)
 
 

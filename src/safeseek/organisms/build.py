@@ -88,6 +88,12 @@ def source_id(model: str) -> str:
     )
 
 
+def cached_dir(kind: str, backdoor_type: str | None, key: str) -> Path:
+    """Where the organism of these settings is built, in the cache (its organism.json holds
+    `kind`, `type` and `key`)."""
+    return cache_dir() / "organisms" / f"{kind}-{backdoor_type or 'align'}-{key}"
+
+
 def check(spec: OrganismSpec) -> None:
     """Refuse bad settings before any work."""
     if spec.kind not in ("align", "backdoor"):
@@ -114,7 +120,7 @@ def build_organism(spec: OrganismSpec, out: str | Path, console: Console | None 
     console = console or Console(stderr=True)
     check(spec)
     out = Path(out)
-    cached = cache_dir() / "organisms" / f"{spec.kind}-{spec.type or 'align'}-{spec.key()}"
+    cached = cached_dir(spec.kind, spec.type, spec.key())
     for where in (out, cached):
         meta_path = where / "organism.json"
         if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == spec.key():
@@ -174,7 +180,7 @@ def aligned_base(spec: OrganismSpec, console: Console) -> Path:
         max_new_tokens=spec.max_new_tokens,
         measure_records=spec.measure_records,
     )
-    path = cache_dir() / "organisms" / f"align-align-{align.key()}"
+    path = cached_dir(align.kind, align.type, align.key())
     build_organism(align, path, console)
     return path
 
