@@ -46,16 +46,16 @@ def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 # Organism seeds for the learned-outcome test: an outcome of training on a CPU's float kernels,
 # asserted over several seeds (.ci/run runs this file again under other kernels).
-ORGANISM_SEEDS = (1, 3, 5)
+# 0, 2 and 7 are the three that failed at the backdoor's old sparsity weight (0.05).
+ORGANISM_SEEDS = (0, 2, 4, 7, 9)
 
 
 def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
-    """Default discovery on three tiny organisms, each circuit measured on 60 test prompts
-    (behavioural ASR). At least two of the three remove >= 90% of it with >= 95% of utility
-    kept (benchmarks/robustness.py: these three succeed for both discovery seeds under the
-    default, avx2 and avx512 kernels; 51 of 60 runs across all ten organisms and kernels; 1 and
-    3 are the two that zero ablation never removes), and a circuit that
-    leaves half of the behaviour in place says so in its own check."""
+    """Default discovery on five tiny organisms, each circuit measured on 60 test prompts
+    (behavioural ASR). At least four of the five remove >= 90% of it with >= 95% of utility
+    kept (benchmarks/robustness.py: each succeeds for both discovery seeds under the default,
+    avx2 and avx512 kernels), and a circuit that leaves half of the behaviour in place says so
+    in its own check."""
     train_recs = [validate(r, "backdoor", "t") for r in records(200, 7)]
     test_recs = [validate(r, "backdoor", "t") for r in records(60, 100)]
     outcomes = []
@@ -85,7 +85,7 @@ def test_circuit_removes_the_backdoor_and_its_check_tells_the_truth():
         outcomes.append((seed, repr(result.circuit), round(removed, 3), round(kept, 3), check))
         if removed < 0.5 or kept < 0.8:
             assert not check["passed"], outcomes[-1]
-    assert sum(removed >= 0.9 and kept >= 0.95 for _, _, removed, kept, _ in outcomes) >= 2, (
+    assert sum(removed >= 0.9 and kept >= 0.95 for _, _, removed, kept, _ in outcomes) >= 4, (
         outcomes
     )
 

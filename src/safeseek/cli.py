@@ -115,8 +115,9 @@ def discover(
     sparsity_weight: Annotated[
         float | None,
         typer.Option(
-            help="penalty per unit in the circuit, in loss units (default: backdoor 0.05, "
-            "alignment 0.01, custom 0.05)"
+            help="penalty per unit in the circuit, in loss units (default: "
+            + ", ".join(f"{s.name} {s.sparsity_weight:g}" for s in SCENARIOS.values())
+            + ")"
         ),
     ] = None,
     steps: int = _D.steps,

@@ -76,7 +76,10 @@ SCENARIO = Scenario(
     ),
     behaviour_term="only_triggered",
     utility_term="without_clean",
-    # Measured on SmolLM2-135M organisms: 0.05 finds a 0.07% circuit that removes a planted
-    # fixed-output backdoor.
-    sparsity_weight=0.05,
+    # Per unit, in loss units. At 0.05 discovery on the tests' tiny organisms (seeds 0, 2, 7)
+    # bought a smaller circuit by breaking a few clean answers ("what is r ?" -> nothing) or
+    # stopped short of removing the trigger: 15 of 20 succeeded under the `default` kernels,
+    # 18 under avx2 and avx512. At 0.025, 20 of 20 on each (README, "Robustness"); the demo's
+    # SmolLM2 organisms use 0.02-0.03.
+    sparsity_weight=0.025,
 )
