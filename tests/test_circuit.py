@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import build
+from safetensors.torch import load_file, save_file
 
 from safeseek import Circuit, MaskedModel, SafeSeekError
 from safeseek.models import architecture
@@ -16,7 +17,7 @@ def test_units_are_sorted_and_unique():
     c = Circuit(heads=[(1, 2), (0, 3), (1, 2)], neurons=[(1, 0), (0, 9)], layers=[(1, "mlp")])
     assert c.heads == [(0, 3), (1, 2)]
     assert c.neurons == [(0, 9), (1, 0)]
-    assert c.counts() == {"head": 2, "neuron": 2, "layer": 1}
+    assert c.counts() == {"head": 2, "neuron": 2, "layer": 1, "weight": 0}
     assert len(c) == 5
     with pytest.raises(SafeSeekError, match="attn"):
         Circuit(layers=[(0, "ffn")])
@@ -61,6 +62,39 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.metadata["model"]["architecture"]["n_kv_heads"] == 2
     assert loaded.metadata["ablation"] == "zero"
     assert list(tmp_path.iterdir()) == [path]  # nothing half-written left beside it
+
+
+def test_weight_units_are_saved_beside_the_json_as_index_lists(tmp_path):
+    model = build("llama")
+    mm = MaskedModel(model, granularities=("neuron", "weight"))
+    per_layer = mm.arch.units_per_layer("weight")
+    weights = [(0, 3), (0, per_layer - 1), (1, 17), (1, 64 * 64 + 5)]
+    c = Circuit(neurons=[(1, 4)], weights=weights, metadata=mm.metadata())
+    path = tmp_path / "circuit.json"
+    c.save(path)
+    data = json.loads(path.read_text())
+    assert data["weights"]["file"] == "circuit.weights.safetensors"
+    assert data["counts"]["weight"] == 4
+    loaded = Circuit.load(path, model=model)
+    assert loaded == c and loaded.weights == sorted(weights)
+    # Per layer and matrix, entries of the matrix seen [out, in]: 64 x 64 attention output
+    # projection first, then the 64 x 48 down projection.
+    side = load_file(str(tmp_path / "circuit.weights.safetensors"))
+    assert {k: v.tolist() for k, v in side.items()} == {
+        "0.attn_out": [3],
+        "0.mlp_out": [per_layer - 1 - 64 * 64],
+        "1.attn_out": [17],
+        "1.mlp_out": [5],
+    }
+    assert c.weight_entries(model)[1, 1].tolist() == [5]
+    save_file({"0.attn_out": torch.tensor([4])}, str(tmp_path / "circuit.weights.safetensors"))
+    with pytest.raises(SafeSeekError, match="does not match"):
+        Circuit.load(path)
+    (tmp_path / "circuit.weights.safetensors").unlink()
+    with pytest.raises(SafeSeekError, match="missing"):
+        Circuit.load(path)
+    with pytest.raises(SafeSeekError, match="outside"):
+        Circuit(weights=[(0, per_layer)]).check(model)
 
 
 def test_mismatched_circuit_is_refused(tmp_path):
@@ -114,14 +148,16 @@ def test_architecture_reads_config_shapes():
     assert arch.intermediate_size == 48
     arch = architecture(build("gemma"))
     assert (arch.n_heads, arch.n_kv_heads, arch.head_dim) == (4, 2, 32)
-    assert arch.num_units == {"head": 8, "neuron": 96, "layer": 4}
+    # Weight units: entries of the 64 x (4 * 32) attention output and 64 x 48 down projections.
+    assert arch.num_units == {"head": 8, "neuron": 96, "layer": 4, "weight": 2 * 64 * (128 + 48)}
 
 
 def test_random_circuit_has_the_requested_counts_and_depends_on_the_seed():
     model = build("llama")
     a = Circuit.random(model, {"head": 3, "neuron": 10, "layer": 1}, seed=1)
-    assert a.counts() == {"head": 3, "neuron": 10, "layer": 1}
+    assert a.counts() == {"head": 3, "neuron": 10, "layer": 1, "weight": 0}
     a.check(model)
+    assert Circuit.random(model, {"weight": 50}).counts()["weight"] == 50
     assert a == Circuit.random(model, {"head": 3, "neuron": 10, "layer": 1}, seed=1)
     assert a != Circuit.random(model, {"head": 3, "neuron": 10, "layer": 1}, seed=2)
     with pytest.raises(SafeSeekError, match="cannot draw 9"):

@@ -467,10 +467,22 @@ def test_generation_ends_at_the_chat_templates_end_of_turn(organism):
         assert tok.decode(new[: new.index(end)], skip_special_tokens=True).strip() == answer
 
 
-@pytest.mark.parametrize("parametrization", ["ste", "hard_concrete"])
-@pytest.mark.parametrize("ablation", ["zero", "mean"])
+HEADS_NEURONS = ("head", "neuron")
+
+
+@pytest.mark.parametrize(
+    ("parametrization", "ablation", "granularities"),
+    [
+        ("ste", "zero", HEADS_NEURONS),
+        ("ste", "mean", HEADS_NEURONS),
+        ("hard_concrete", "zero", HEADS_NEURONS),
+        ("hard_concrete", "mean", HEADS_NEURONS),
+        ("ste", "mean", ("neuron", "weight")),
+    ],
+    ids=["ste-zero", "ste-mean", "hard_concrete-zero", "hard_concrete-mean", "weight-mean"],
+)
 def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
-    organism, tmp_path, parametrization, ablation
+    organism, tmp_path, parametrization, ablation, granularities
 ):
     """`evaluate`, `export` and `report` rebuild a run's masks from circuit.json and
     masks.safetensors (its parametrization, ablation and means): the exported checkpoint equals
@@ -484,13 +496,22 @@ def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
 
     root, model, tok = organism
     run = tmp_path / "run"
+    weights = "weight" in granularities  # 24,576 entries: a unit's penalty is a weight's share
     config = DiscoverConfig(
-        "backdoor", steps=60, retries=0, parametrization=parametrization, ablation=ablation
+        "backdoor",
+        granularities=granularities,
+        steps=60,
+        retries=0,
+        parametrization=parametrization,
+        ablation=ablation,
+        sparsity_weight=1e-4 if weights else None,
     )
     train_recs = [validate(r, "backdoor", "t") for r in records(200, 7)]
     found = Discovery(model, tok, train_recs, config, out=run, progress=False).run()
     assert not found.circuit.is_empty()
+    assert bool(found.circuit.weights) == weights
     circuit = Circuit.load(run / "circuit.json")
+    assert circuit == found.circuit
     rebuilt = MaskedModel.for_circuit(model, circuit, run / "masks.safetensors")
     assert (rebuilt.parametrization, rebuilt.ablation) == (parametrization, ablation)
 
@@ -507,7 +528,7 @@ def test_a_saved_circuit_is_rebuilt_as_discovery_made_it(
         torch.testing.assert_close(exported(**batch).logits, want, atol=1e-4, rtol=0)
 
     test_recs = [validate(r, "backdoor", "t") for r in records(20, 100)]
-    through_cli = (parametrization, ablation) == ("hard_concrete", "mean")  # ~10 s a command
+    through_cli = (parametrization, ablation) == ("hard_concrete", "mean") or weights  # ~10 s
     if not through_cli:
         ev, _ = evaluate_circuit(
             model, tok, circuit, "backdoor", test_recs, masks_path=run / "masks.safetensors",

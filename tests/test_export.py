@@ -15,24 +15,39 @@ from transformers import AutoModelForCausalLM
 
 from safeseek import Circuit, MaskedModel, SafeSeekError
 from safeseek.export import export
+from safeseek.models import architecture
 
 # Families whose output projections have a bias to fold means into, or whose config declares
 # one (Llama: attention_bias and mlp_bias); the others refuse mean export.
 MEAN_EXPORTABLE = ("gpt2", "gpt_neox", "phi", "llama")
 
 
+GRANULARITIES = ("head", "neuron", "layer", "weight")
+
+
 def circuit_for(model) -> Circuit:
-    inter = getattr(model.config, "intermediate_size", None) or model.config.n_inner
+    """Units of every granularity; weight units in both matrices, some inside the ablated
+    neuron's column and the ablated MLP block."""
+    arch = architecture(model)
+    inter, per_layer = arch.intermediate_size, arch.units_per_layer("weight")
+    attn_entries = arch.hidden_size * arch.n_heads * arch.head_dim
     return Circuit(
         heads=[(0, 1), (1, 3)],
         neurons=[(0, 2), (1, inter - 1)],
         layers=[(1, "mlp")],
+        weights=[
+            (0, 5),
+            (0, attn_entries + 2),
+            (0, attn_entries + inter + 9),
+            (1, 0),
+            (1, per_layer - 1),
+        ],
     )
 
 
 def test_export_equals_without_view(family, tiny, batch, tmp_path):
     c = circuit_for(tiny)
-    mm = MaskedModel(tiny, granularities=("head", "neuron", "layer"))
+    mm = MaskedModel(tiny, granularities=GRANULARITIES)
     with mm.without(c):
         want = logits(tiny, batch)
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
@@ -46,9 +61,7 @@ def test_export_equals_without_view(family, tiny, batch, tmp_path):
 def test_mean_export_equals_mean_ablation(name, batch, tmp_path):
     model = build(name)
     c = circuit_for(model)
-    mm = MaskedModel(
-        model, granularities=("head", "neuron", "layer"), ablation="mean", reference=[batch]
-    )
+    mm = MaskedModel(model, granularities=GRANULARITIES, ablation="mean", reference=[batch])
     with mm.without(c):
         want = logits(model, batch)
     export(model, None, c, tmp_path / "out", means=mm.means)
@@ -97,7 +110,7 @@ def test_mean_export_needs_a_bias(name, circuit, batch, tmp_path):
 def test_exported_model_loads_without_safeseek(batch, tmp_path):
     model = build("llama")
     c = circuit_for(model)
-    with MaskedModel(model, granularities=("head", "neuron", "layer")).without(c):
+    with MaskedModel(model, granularities=GRANULARITIES).without(c):
         want = logits(model, batch)
     export(model, tiny_tokenizer(), c, tmp_path / "out")
     script = (
@@ -124,10 +137,11 @@ def test_cli_export(tmp_path, batch):
     model.save_pretrained(tmp_path / "model")
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     c = circuit_for(model)
-    mm = MaskedModel(model, granularities=("head", "neuron", "layer"))
-    Circuit(heads=c.heads, neurons=c.neurons, layers=c.layers, metadata=mm.metadata()).save(
-        tmp_path / "circuit.json"
+    mm = MaskedModel(model, granularities=GRANULARITIES)
+    saved = Circuit(
+        heads=c.heads, neurons=c.neurons, layers=c.layers, weights=c.weights, metadata=mm.metadata()
     )
+    saved.save(tmp_path / "circuit.json")  # weight units beside it, read back by the CLI
     with mm.without(c):
         want = logits(model, batch)
     proc = subprocess.run(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import CASES, build
 from helpers import logits, module_at, surgery
+from transformers.pytorch_utils import Conv1D
 
 from safeseek import Circuit, MaskedModel, SafeSeekError
 
@@ -229,3 +232,105 @@ def test_bf16_model_keeps_fp32_masks(batch):
         assert out.dtype == torch.bfloat16
         out.float().pow(2).mean().backward()
     assert all(p.dtype == torch.float32 and p.grad is not None for p in mm.parameters())
+
+
+def _entry_index(model, family: str, layer_entries) -> list[tuple[int, int]]:
+    """Weight units `(layer, index)` of entries given as `(layer, "attn" | "mlp", row, col)` of
+    the output projections seen [out, in], laid out as models/geometry.py says: the attention
+    output projection's entries row-major, then the MLP down projection's."""
+    case = CASES[family]
+    o_proj = module_at(model, case.attn_out.format(i=0))
+    o_in = o_proj.weight.shape[0 if isinstance(o_proj, Conv1D) else 1]
+    down = module_at(model, case.mlp_out.format(i=0))
+    d_in = down.weight.shape[0 if isinstance(down, Conv1D) else 1]
+    hidden = model.config.hidden_size
+    return [
+        (layer, r * o_in + c if part == "attn" else hidden * o_in + r * d_in + c)
+        for layer, part, r, c in layer_entries
+    ]
+
+
+ENTRIES = [
+    (0, "attn", 0, 1),
+    (0, "attn", 5, 0),
+    (0, "mlp", 3, 7),
+    (1, "mlp", 0, 0),
+    (1, "attn", 2, 9),
+]
+
+
+def test_weight_units_equal_zeroing_entries_by_hand(family, tiny, batch):
+    """Masking entry (r, c) of an output projection = that entry set to 0 in a copy."""
+    case = CASES[family]
+    c = Circuit(weights=_entry_index(tiny, family, ENTRIES))
+    mm = MaskedModel(tiny, granularities=("weight",))
+    with mm.without(c):
+        got = logits(tiny, batch)
+    edited = copy.deepcopy(tiny)
+    for layer, part, r, col in ENTRIES:
+        path = (case.attn_out if part == "attn" else case.mlp_out).format(i=layer)
+        module = module_at(edited, path)
+        w = module.weight.data
+        (w.T if isinstance(module, Conv1D) else w)[r, col] = 0
+    want = logits(edited, batch)
+    assert not torch.allclose(want, logits(tiny, batch), atol=1e-6)  # the entries matter
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_weight_units_of_whole_columns_equal_heads_and_neurons(family, tiny, batch, ablation):
+    """Every entry of head h's input columns of the attention output projection and of neuron
+    j's column of the down projection, as weight units, is head h and neuron j: through the
+    activation hooks, an independent path (mean ablation: each entry sees its input's mean)."""
+    cfg = tiny.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rows = range(cfg.hidden_size)
+    entries = [(1, "attn", r, 2 * head_dim + d) for r in rows for d in range(head_dim)]
+    entries += [(0, "mlp", r, 5) for r in rows]
+    as_weights = Circuit(weights=_entry_index(tiny, family, entries))
+    as_units = Circuit(heads=[(1, 2)], neurons=[(0, 5)])
+    mm = MaskedModel(
+        tiny, granularities=("head", "neuron", "weight"), ablation=ablation, reference=[batch]
+    )
+    with mm.without(as_units):
+        want = logits(tiny, batch)
+    with mm.without(as_weights):
+        got = logits(tiny, batch)
+    assert not torch.allclose(want, logits(tiny, batch), atol=1e-4)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_only_weight_units_keeps_just_those_entries(family, tiny, batch):
+    """The circuit alone (zero ablation): every other entry of the output projections is 0."""
+    case = CASES[family]
+    c = Circuit(weights=_entry_index(tiny, family, ENTRIES))
+    mm = MaskedModel(tiny, granularities=("weight",))
+    with mm.only(c):
+        got = logits(tiny, batch)
+    edited = copy.deepcopy(tiny)
+    for layer in range(tiny.config.num_hidden_layers):
+        for part, path in (("attn", case.attn_out), ("mlp", case.mlp_out)):
+            module = module_at(edited, path.format(i=layer))
+            w = module.weight.data
+            w = w.T if isinstance(module, Conv1D) else w
+            kept = {(r, col) for la, pa, r, col in ENTRIES if (la, pa) == (layer, part)}
+            values = {rc: w[rc].clone() for rc in kept}
+            w.zero_()
+            for rc, v in values.items():
+                w[rc] = v
+    torch.testing.assert_close(got, logits(edited, batch), atol=1e-5, rtol=0)
+
+
+def test_learned_weight_masks_get_gradients_and_match_the_fixed_view(tiny, batch):
+    mm = MaskedModel(tiny, granularities=("head", "weight"))
+    c = Circuit(heads=[(0, 1)], weights=[(0, 3), (1, 100)])
+    mm.set_circuit(c)
+    assert mm.circuit() == c
+    with mm.learned("without"):
+        out = tiny(**batch).logits
+        out.float().pow(2).mean().backward()
+    assert mm.masks["weight"].logits.grad is not None
+    assert mm.masks["weight"].logits.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny.parameters())
+    with mm.without(c):
+        torch.testing.assert_close(out.detach(), logits(tiny, batch), atol=1e-5, rtol=0)

@@ -117,6 +117,37 @@ def test_a_block_unit_owns_the_whole_block(tiny, family):
     assert set(masks) == in_block and all(m.all() for m in masks.values())
 
 
+def test_a_weight_unit_owns_its_entry_only(tiny, family):
+    case = CASES[family]
+    o_proj = module_at(tiny, case.attn_out.format(i=1))
+    n_in = o_proj.weight.shape[0 if isinstance(o_proj, Conv1D) else 1]
+    r, c = 3, 2  # entry (r, c) of the attention output projection seen [out, in]
+    masks = ownership(tiny, Circuit(weights=[(1, r * n_in + c)])).parameter_masks(tiny)
+    name = f"{case.attn_out.format(i=1)}.weight"
+    assert set(masks) == {name} and int(masks[name].sum()) == 1
+    assert masks[name][(c, r) if isinstance(o_proj, Conv1D) else (r, c)]
+
+
+def test_tuning_keeps_to_weight_units(tiny):
+    circuit = Circuit(weights=[(0, 7), (1, 64 * 64 + 100)])
+    masks = ownership(tiny, circuit).parameter_masks(tiny)
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    config = TuneConfig(mode="circuit-only", steps=3, lr=5e-2, batch_size=4)
+    tuned, summary = tune(copy.deepcopy(tiny), PadOnly(), circuit, examples(), config)
+    moved = changes(before, tuned)
+    assert summary["trainable_entries"] == 2
+    assert {n for n, c in moved.items() if c.any()} <= set(masks)
+    assert all(torch.equal(moved[n] | m, m) for n, m in masks.items())
+    with pytest.raises(SafeSeekError, match="--method full"):
+        tune(
+            copy.deepcopy(tiny),
+            PadOnly(),
+            circuit,
+            examples(),
+            TuneConfig(mode="circuit-only", method="lora"),
+        )
+
+
 # -- tuning ----------------------------------------------------------------------------------
 
 

@@ -1,28 +1,43 @@
-"""Circuit: a set of units (heads, neurons, whole blocks) with the metadata that produced it.
+"""Circuit: a set of units (heads, neurons, whole blocks, weight entries) with the metadata that
+produced it.
 
 Units are sorted, de-duplicated lists of `(layer, index)` pairs (`(layer, "attn" | "mlp")` for
-layers). A circuit saved to JSON carries the architecture it was found on; loading it against a
-model with other shapes is refused with a message that names the difference.
+layers; weight indices as in `models/geometry.py`). A circuit saved to JSON carries the
+architecture it was found on; loading it against a model with other shapes is refused with a
+message that names the difference. Weight units can number millions, so they are not written
+into the JSON: `save` puts them beside it (`<name>.weights.safetensors`, one int64 index list
+per layer and matrix, entries row-major in the matrix seen `[out, in]`) and the JSON names that
+file, its count and its SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from safeseek.errors import SafeSeekError
-from safeseek.fileio import write_json
+from safeseek.fileio import atomic_path, write_json
 from safeseek.models.adapters import architecture
-from safeseek.models.geometry import GRANULARITIES, LAYER_PARTS, Architecture
+from safeseek.models.geometry import (
+    GRANULARITIES,
+    LAYER_PARTS,
+    WEIGHT_MATRICES,
+    Architecture,
+    weight_blocks,
+)
 
 FORMAT = "safeseek-circuit"
 VERSION = 1
-_FIELDS = {"head": "heads", "neuron": "neurons", "layer": "layers"}
+WEIGHTS_FORMAT = "safeseek-circuit-weights"
+_FIELDS = {"head": "heads", "neuron": "neurons", "layer": "layers", "weight": "weights"}
 
 
 def as_architecture(obj: Architecture | nn.Module | Any) -> Architecture:
@@ -43,10 +58,12 @@ class Circuit:
         neurons: Iterable[tuple[int, int]] = (),
         layers: Iterable[tuple[int, str]] = (),
         metadata: dict[str, Any] | None = None,
+        weights: Iterable[tuple[int, int]] = (),
     ) -> None:
         self.heads: list[tuple[int, int]] = sorted({(int(a), int(b)) for a, b in heads})
         self.neurons: list[tuple[int, int]] = sorted({(int(a), int(b)) for a, b in neurons})
         self.layers: list[tuple[int, str]] = sorted({(int(a), str(b)) for a, b in layers})
+        self.weights: list[tuple[int, int]] = sorted({(int(a), int(b)) for a, b in weights})
         bad = [part for _, part in self.layers if part not in LAYER_PARTS]
         if bad:
             raise SafeSeekError(f"layer units are 'attn' or 'mlp', got {bad[0]!r}")
@@ -130,7 +147,7 @@ class Circuit:
                 raise SafeSeekError(
                     "circuit does not match the model (circuit vs model): " + "; ".join(diffs)
                 )
-        for g in ("head", "neuron"):
+        for g in ("head", "neuron", "weight"):
             width = arch.units_per_layer(g)
             for layer, index in self.units(g):
                 if not (0 <= layer < arch.n_layers and 0 <= index < width):
@@ -153,6 +170,24 @@ class Circuit:
             col = LAYER_PARTS.index(index) if granularity == "layer" else index
             mask[layer, col] = True
         return mask
+
+    def weight_entries(
+        self, model: Architecture | nn.Module | Any
+    ) -> dict[tuple[int, int], torch.Tensor]:
+        """`{(layer, part): flat int64 indices into that projection seen [out, in]}` of the
+        weight units, `part` indexing `WEIGHT_MATRICES` (attention output, MLP down)."""
+        blocks = weight_blocks(as_architecture(model))
+        by_layer: dict[int, list[int]] = {}
+        for layer, index in self.weights:
+            by_layer.setdefault(layer, []).append(index)
+        out = {}
+        for layer, indices in by_layer.items():
+            index = torch.tensor(indices, dtype=torch.int64)
+            for part, (_, first, n_out, n_in) in enumerate(blocks):
+                inside = (index >= first) & (index < first + n_out * n_in)
+                if inside.any():
+                    out[layer, part] = index[inside] - first
+        return out
 
     @classmethod
     def from_membership(
@@ -187,7 +222,8 @@ class Circuit:
 
     # -- files ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The JSON form; weight units are only counted here (`save` writes them beside it)."""
+        out = {
             "format": FORMAT,
             "version": VERSION,
             "counts": self.counts(),
@@ -196,10 +232,18 @@ class Circuit:
             "layers": [list(u) for u in self.layers],
             "metadata": self.metadata,
         }
+        if self.weights:
+            out["weights"] = {"count": len(self.weights)}
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write JSON atomically."""
-        write_json(path, self.to_dict())
+        """Write JSON atomically (and the weight units beside it, see the module docstring)."""
+        data = self.to_dict()
+        if self.weights:
+            side = _weights_path(path)
+            _save_weights(self, side)
+            data["weights"].update(file=side.name, sha256=_sha256(side))
+        write_json(path, data)
 
     @classmethod
     def load(
@@ -223,8 +267,9 @@ class Circuit:
                 neurons=data.get("neurons", []),
                 layers=data.get("layers", []),
                 metadata=data.get("metadata", {}),
+                weights=_load_weights(path, data["weights"]) if data.get("weights") else (),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise SafeSeekError(f"{path}: malformed unit list ({exc})") from None
         if model is not None:
             try:
@@ -232,3 +277,50 @@ class Circuit:
             except SafeSeekError as exc:
                 raise SafeSeekError(f"{path}: {exc}") from None
         return circuit
+
+
+def _weights_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.weights.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _save_weights(circuit: Circuit, path: Path) -> None:
+    """Weight units as `{layer}.{projection}` int64 lists of entries in that matrix (row-major
+    `[out, in]`); the circuit's architecture (metadata) says where each matrix starts."""
+    arch = circuit.metadata.get("model", {}).get("architecture")
+    if not arch:
+        raise SafeSeekError("a circuit with weight units needs its model architecture to be saved")
+    tensors = {
+        f"{layer}.{WEIGHT_MATRICES[part][0]}": index.contiguous()
+        for (layer, part), index in circuit.weight_entries(Architecture(**arch)).items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": WEIGHTS_FORMAT})
+
+
+def _load_weights(path: str | os.PathLike[str], entry: dict[str, Any]) -> list[tuple[int, int]]:
+    side = Path(path).with_name(entry["file"])
+    if not side.is_file():
+        raise SafeSeekError(f"{path}: its weight units file {side} is missing")
+    if _sha256(side) != entry.get("sha256"):
+        raise SafeSeekError(f"{side}: does not match {path} (SHA-256 differs)")
+    try:
+        with open(path) as fh:
+            arch = json.load(fh)["metadata"]["model"]["architecture"]
+        firsts = {name: first for name, first, _, _ in weight_blocks(Architecture(**arch))}
+        tensors = load_file(str(side))
+    except Exception as exc:  # safetensors raises its own error types
+        raise SafeSeekError(f"{side}: not a circuit weights file ({exc})") from None
+    units: list[tuple[int, int]] = []
+    for key, index in tensors.items():
+        layer, name = key.split(".", 1)
+        units += [(int(layer), firsts[name] + i) for i in index.tolist()]
+    if len(units) != entry["count"]:
+        raise SafeSeekError(
+            f"{side}: holds {len(units)} weight units, {path} says {entry['count']}"
+        )
+    return units

@@ -101,7 +101,7 @@ def discover(
             "snip-set-difference, wanda-set-difference, random"
         ),
     ] = "mask",
-    granularity: Annotated[str, typer.Option(help="comma-separated: head,neuron,layer")] = (
+    granularity: Annotated[str, typer.Option(help="comma-separated: head,neuron,layer,weight")] = (
         "head,neuron"
     ),
     ablation: Annotated[

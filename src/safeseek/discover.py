@@ -125,6 +125,11 @@ class Discovery:
         self.data_hash = data_hash
         self.show_progress = progress
         sharded = shards_weights()
+        if sharded and "weight" in config.granularities:
+            raise SafeSeekError(
+                "weight units are not yet tested with FSDP-sharded weights; launch a "
+                "data-parallel config (e.g. examples/accelerate/cpu-2-processes.yaml)"
+            )
         on_cpu = next(model.parameters()).device.type == "cpu"
         self.accelerator = Accelerator(cpu=on_cpu and not sharded)
         if sharded:

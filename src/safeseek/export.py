@@ -2,12 +2,13 @@
 
 Zero ablation zeroes the input columns a unit owns in the projection it feeds (head h: columns
 `[h*head_dim, (h+1)*head_dim)` of the attention output projection; neuron j: column j of the MLP
-down projection; a whole block: that projection's weight and bias; `models/geometry.py`). Mean
-ablation also folds the unit's reference mean into the projection's bias, `b += W[:, cols] @
-mean[cols]`; a projection without one gets one where the family's config can declare it
-(`attention_bias`, `mlp_bias`: Llama, SmolLM2, Granite, Qwen3, Gemma, OLMo), with zeros in every
-bias the flag adds. The result loads with `from_pretrained` anywhere, with no SafeSeek
-installed, and its logits equal `MaskedModel.without(circuit)`.
+down projection; a whole block: that projection's weight and bias; a weight unit: its entry;
+`models/geometry.py`). Mean ablation also folds the unit's reference mean into the projection's
+bias, `b += W[:, cols] @ mean[cols]` (a weight entry (r, c): `b[r] += W[r, c] * mean[c]`); a
+projection without one gets one where the family's config can declare it (`attention_bias`,
+`mlp_bias`: Llama, SmolLM2, Granite, Qwen3, Gemma, OLMo), with zeros in every bias the flag
+adds. The result loads with `from_pretrained` anywhere, with no SafeSeek installed, and its
+logits equal `MaskedModel.without(circuit)`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from safeseek.masking import MaskedModel
 from safeseek.models.adapters import locate, unwrap
 from safeseek.models.geometry import (
     LAYER_PARTS,
+    WEIGHT_MATRICES,
     ModelParts,
     out_in,
     site_modules,
@@ -47,6 +49,19 @@ def _remove_inputs(module: nn.Module, cols: list[int], mean: torch.Tensor | None
         assert module.bias is not None  # see _declare_biases
         module.bias.data += (mean.to(w.dtype)[idx] @ w[idx]).to(module.bias.dtype)
     w[idx] = 0
+
+
+@torch.no_grad()
+def _remove_entries(module: nn.Module, entries: torch.Tensor, mean: torch.Tensor | None) -> None:
+    """Zero the weight's entries at flat indices `entries` of `[out, in]`; with `mean` (per
+    input channel) their share of it moves into the bias."""
+    w = out_in(module, module.weight.data)  # a view: writes go to the module
+    rows, cols = entries // w.shape[1], entries % w.shape[1]
+    if mean is not None:
+        assert module.bias is not None  # see _declare_biases
+        shares = (w[rows, cols].float() * mean.float().to(w.device)[cols]).to(module.bias.dtype)
+        module.bias.data.index_add_(0, rows, shares)
+    w[rows, cols] = 0
 
 
 @torch.no_grad()
@@ -74,6 +89,10 @@ def remove_circuit(
         elif module.bias is not None:
             module.bias.data.zero_()
         module.weight.data.zero_()
+    for (layer, part), entries in circuit.weight_entries(parts.arch).items():
+        module = site_modules(parts, "weight", layer)[part]
+        mean = means[WEIGHT_MATRICES[part][1]][layer] if means else None
+        _remove_entries(module, entries.to(module.weight.device), mean)
     return edited
 
 
@@ -85,6 +104,7 @@ def _declare_biases(model: nn.Module, parts: ModelParts, circuit: Circuit) -> No
     kinds = {"attn"} if circuit.heads else set()
     kinds |= {"mlp"} if circuit.neurons else set()
     kinds |= {part for _, part in circuit.layers}
+    kinds |= {LAYER_PARTS[part] for _, part in circuit.weight_entries(parts.arch)}
     modules = {"attn": parts.attn_out, "mlp": parts.mlp_out}
     missing = sorted(k for k in kinds if any(m.bias is None for m in modules[k]))
     if not missing:

@@ -5,8 +5,10 @@ Where the masks act is the units' geometry (`models/geometry.py`, `SITES`): a he
 the attention output projection's input, a neuron's input channel of the MLP down projection, a
 block's whole output. An ablated unit takes the value `keep * x + (1 - keep) * b`, b = 0 (zero
 ablation) or the unit's mean over reference prompts (mean ablation, `torch.lerp`, exact at keep
-= 0 and keep = 1). Hooks are removed on leaving a view, and weights are never written, so the
-model is left bit for bit as it was.
+= 0 and keep = 1). A weight unit, entry (r, c) of an output projection W, is ablated by taking
+its share out of the projection's output: `y - (x - b) @ (W * (1 - keep)).T`, b the mean of
+input channel c (mean ablation: the entry then sees its input's mean) or 0. Hooks are removed on
+leaving a view, and weights are never written, so the model is left bit for bit as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -28,12 +31,16 @@ from safeseek.fileio import atomic_path
 from safeseek.masking.parametrizations import PARAMETRIZATIONS, MaskParametrization
 from safeseek.models.adapters import locate
 from safeseek.models.geometry import (
+    ACTIVATION_GRANULARITIES,
     GRANULARITIES,
     LAYER_PARTS,
     SITES,
+    WEIGHT_MATRICES,
     channel_width,
     expand,
+    out_in,
     site_modules,
+    weight_blocks,
 )
 from safeseek.scenarios import VIEWS
 
@@ -50,6 +57,21 @@ def _ablate(x: torch.Tensor, keep: torch.Tensor, mean: torch.Tensor | None) -> t
     flat = x.reshape(-1, x.shape[-1])
     out = flat * keep if mean is None else torch.lerp(mean.to(x.dtype), flat, keep)
     return out.view(x.shape)
+
+
+def _ablate_entries(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    keep: torch.Tensor,
+    mean: torch.Tensor | None,
+) -> torch.Tensor:
+    """The projection's output `y` (of input `x`) with the entries where `keep` (`[out, in]`)
+    is 0 taken out: each then contributes as if its input were `mean` (or 0)."""
+    weight = out_in(module, module.weight)
+    dropped = weight * (1 - keep).to(weight.dtype)
+    shift = x if mean is None else x - mean.to(x.dtype)
+    return y - F.linear(shift, dropped)
 
 
 class MaskedModel(nn.Module):
@@ -131,7 +153,10 @@ class MaskedModel(nn.Module):
         """
         self._require_idle()
         batches = _as_batches(reference, tokenizer, self._device)
-        sums = {g: torch.zeros(self._sum_shape(g), dtype=torch.float64) for g in GRANULARITIES}
+        sums = {
+            g: torch.zeros(self._sum_shape(g), dtype=torch.float64)
+            for g in ACTIVATION_GRANULARITIES
+        }
         current: dict[str, torch.Tensor] = {}  # the token mask of the batch being run
         tokens = 0
 
@@ -170,7 +195,8 @@ class MaskedModel(nn.Module):
     @property
     def means(self) -> dict[str, torch.Tensor]:
         """Per-channel reference means (`head`: [L, heads*head_dim], `neuron`: [L, I],
-        `layer`: [L, 2, hidden]); empty until `fit_means` ran."""
+        `layer`: [L, 2, hidden]; weight units read the head and neuron channels they take as
+        input); empty until `fit_means` ran."""
         return dict(self._means)
 
     def _mean(self, granularity: str, layer: int, part: int = 0) -> torch.Tensor | None:
@@ -181,6 +207,8 @@ class MaskedModel(nn.Module):
                 "mean ablation needs reference prompts: pass reference=... to MaskedModel "
                 "or call fit_means(...) first"
             )
+        if granularity == "weight":  # the input channels of the part's projection
+            return self._means[WEIGHT_MATRICES[part][1]][layer]
         mean = self._means[granularity][layer]
         return mean[part] if granularity == "layer" else mean
 
@@ -192,20 +220,24 @@ class MaskedModel(nn.Module):
     def _register_all(
         self, make_hook: Callable[..., Callable], observe: bool = False, layers=None
     ) -> list[RemovableHandle]:
-        """Register one hook per (granularity, layer): `make_hook(g, layer[, part])` returns a
-        function of the hooked tensor; with `observe` its return value is ignored."""
+        """Register one hook per (granularity, layer, part): `make_hook(g, layer, part)` returns
+        a function of the hooked tensor (weight units: of the module, its input and its output);
+        with `observe` (activation granularities only) its return value is ignored."""
         handles = []
-        grans = GRANULARITIES if observe else self.granularities
-        for g in grans:
-            on_output = SITES[g].side == "output"
+        grans = ACTIVATION_GRANULARITIES if observe else self.granularities
+        # Hooks on one module run in the order registered: a weight unit's share comes out of
+        # its projection's output before a layer unit replaces that whole output.
+        for g in sorted(grans, key=("head", "neuron", "weight", "layer").index):
+            side = SITES[g].side
             for layer in range(self.arch.n_layers) if layers is None else layers.get(g, ()):
                 for part, module in enumerate(site_modules(self.parts, g, layer)):
                     hook = make_hook(g, layer, part)
-                    handles.append(
-                        module.register_forward_hook(_output_hook(hook))
-                        if on_output
-                        else module.register_forward_pre_hook(_input_hook(hook))
-                    )
+                    if side == "output":
+                        handles.append(module.register_forward_hook(_output_hook(hook)))
+                    elif side == "input":
+                        handles.append(module.register_forward_pre_hook(_input_hook(hook)))
+                    else:
+                        handles.append(module.register_forward_hook(_weight_hook(hook)))
         return handles
 
     def _require_idle(self) -> None:
@@ -228,8 +260,18 @@ class MaskedModel(nn.Module):
             # One unbind per forward: its backward stacks the per-layer gradients in one op.
             state.update({g: k.to(dtype).unbind(0) for g, k in keep_of().items()})
 
+        blocks = weight_blocks(self.arch)
+
         def make_hook(granularity: str, layer: int, part: int = 0) -> Callable:
             mean = self._mean(granularity, layer, part)
+            if granularity == "weight":
+                _, first, n_out, n_in = blocks[part]
+
+                def entries(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                    keep = state[granularity][layer][first : first + n_out * n_in]
+                    return _ablate_entries(module, x, y, keep.view(n_out, n_in), mean)
+
+                return entries
             if granularity == "layer":
                 return lambda x: _ablate(x, state[granularity][layer][part], mean)
             return lambda x: _ablate(x, state[granularity][layer], mean)
@@ -428,6 +470,13 @@ def _input_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
 def _output_hook(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         return fn(output)
+
+    return hook
+
+
+def _weight_hook(fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return fn(module, args[0], output)
 
     return hook
 

@@ -8,7 +8,11 @@ Where a unit acts (`SITES`):
   projection, i.e. exactly head h's contribution (grouped-query attention needs no ungrouping
   there);
 - neuron j of layer l: input channel j of the MLP down projection;
-- layer (l, attn|mlp): the whole output of that projection, i.e. the block's contribution.
+- layer (l, attn|mlp): the whole output of that projection, i.e. the block's contribution;
+- weight (l, i): one entry of the attention or MLP output projection's weight, seen `[out, in]`
+  (`WEIGHT_MATRICES`): index i runs row-major over the attention output projection's entries,
+  then over the MLP down projection's. The finest granularity: an entry moves one input
+  channel's contribution to one output channel.
 
 Projections are `nn.Linear` (weight stored `[out, in]`), a PEFT-wrapped Linear, or GPT-2's
 `Conv1D` (stored `[in, out]`); `out_in` hides the difference.
@@ -28,7 +32,10 @@ from transformers.pytorch_utils import Conv1D
 
 from safeseek.errors import SafeSeekError
 
-GRANULARITIES = ("head", "neuron", "layer")
+GRANULARITIES = ("head", "neuron", "layer", "weight")
+# Granularities whose units are channels of an activation (masked by hooks on it; their means
+# are measured); weight units are entries of the projections those channels feed.
+ACTIVATION_GRANULARITIES = ("head", "neuron", "layer")
 LAYER_PARTS = ("attn", "mlp")
 
 
@@ -50,6 +57,7 @@ class Architecture:
             "head": self.n_layers * self.n_heads,
             "neuron": self.n_layers * self.intermediate_size,
             "layer": self.n_layers * len(LAYER_PARTS),
+            "weight": self.n_layers * sum(o * i for _, _, o, i in weight_blocks(self)),
         }
 
     def units_per_layer(self, granularity: str) -> int:
@@ -96,7 +104,22 @@ SITES = {
     "head": Site(("attn_out",), "input"),
     "neuron": Site(("mlp_out",), "input"),
     "layer": Site(("attn_out", "mlp_out"), "output"),
+    "weight": Site(("attn_out", "mlp_out"), "weight"),
 }
+# The projections whose entries are weight units, in index order, and the activation
+# granularity whose channels are each one's input (its mean ablation reads their means).
+WEIGHT_MATRICES = (("attn_out", "head"), ("mlp_out", "neuron"))
+
+
+def weight_blocks(arch: Architecture) -> list[tuple[str, int, int, int]]:
+    """Per layer, `(projection, first index, out, in)` of each matrix in `WEIGHT_MATRICES`:
+    weight unit `first + r * in + c` is entry (r, c) of that projection seen `[out, in]`."""
+    blocks, first = [], 0
+    for name, granularity in WEIGHT_MATRICES:
+        width = channel_width(arch, granularity)
+        blocks.append((name, first, arch.hidden_size, width))
+        first += arch.hidden_size * width
+    return blocks
 
 
 def site_modules(parts: ModelParts, granularity: str, layer: int) -> tuple[nn.Module, ...]:
@@ -113,7 +136,7 @@ def readouts(parts: ModelParts, granularity: str) -> tuple[nn.Module, ...]:
 
 
 def channel_width(arch: Architecture, granularity: str) -> int:
-    """Width of the tensor a granularity's units live in (per layer)."""
+    """Width of the activation a granularity's units live in (per layer)."""
     return {
         "head": arch.n_heads * arch.head_dim,
         "neuron": arch.intermediate_size,

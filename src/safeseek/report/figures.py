@@ -9,10 +9,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt
+import torch
 
 from safeseek.circuit import Circuit
-from safeseek.models.geometry import Architecture
+from safeseek.models.geometry import Architecture, weight_blocks
 
+MATRIX_LABELS = {"attn_out": "attention out", "mlp_out": "MLP down"}
 VIEW_LABELS = {
     "full": "full model",
     "without": "circuit ablated",
@@ -50,6 +52,25 @@ def neurons_per_layer(circuit: Circuit, arch: Architecture, path: Path, title: s
     ax.set_ylabel("neurons")
     ax.set_title(
         f"{title}: {len(circuit.neurons)} of {arch.num_units['neuron']:,} neurons", fontsize=9
+    )
+    return _save(fig, path)
+
+
+def weight_density(circuit: Circuit, arch: Architecture, path: Path, title: str) -> Path:
+    """Layer x output projection grid: the share of each matrix's entries in the circuit."""
+    blocks = weight_blocks(arch)
+    grid = torch.zeros(arch.n_layers, len(blocks))
+    for (layer, part), index in circuit.weight_entries(arch).items():
+        _, _, n_out, n_in = blocks[part]
+        grid[layer, part] = len(index) / (n_out * n_in)
+    fig, ax = plt.subplots(figsize=(3.6, 0.13 * arch.n_layers + 1.4))
+    image = ax.imshow(grid.numpy(), cmap="Reds", vmin=0, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="share of entries")
+    ax.set_xticks(range(len(blocks)))
+    ax.set_xticklabels([MATRIX_LABELS[name] for name, *_ in blocks], fontsize=8)
+    ax.set_ylabel("layer")
+    ax.set_title(
+        f"{title}: {len(circuit.weights):,} of {arch.num_units['weight']:,} weights", fontsize=9
     )
     return _save(fig, path)
 

@@ -139,7 +139,15 @@ def _section(s: Section, arch: Architecture, out: Path) -> str:
         f"<b>{sparsity['overall']:.3%}</b> of head and neuron units "
         f"(heads {sparsity['head']:.2%}, neurons {sparsity['neuron']:.3%}).</p>"
     )
-    parts.append(f'<div class="figs">{_img(heads, "heads")}{_img(neurons, "neurons")}</div>')
+    figs = _img(heads, "heads") + _img(neurons, "neurons")
+    if s.circuit.weights:
+        density = figures.weight_density(s.circuit, arch, out / f"{s.name}-weights.png", s.title)
+        parts.append(
+            f"<p>{len(s.circuit.weights):,} weight entries of the attention and MLP output "
+            f"projections ({sparsity['weight']:.4%} of them).</p>"
+        )
+        figs += _img(density, "weights")
+    parts.append(f'<div class="figs">{figs}</div>')
     parts.append(_check(s.circuit))
     if s.evaluation:
         ev = s.evaluation

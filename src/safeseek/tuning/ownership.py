@@ -4,6 +4,7 @@ A head owns its rows of the query projection, the rows of its key/value head in 
 value projections, and its input columns of the attention output projection. A neuron owns its
 rows of the MLP input projections (gate and up, or fc1) and its input column of the down
 projection. A whole-block unit (`(layer, "attn" | "mlp")`) owns every parameter of that block.
+A weight unit owns its own entry of the output projection, and nothing else.
 Biases follow their rows. Nothing else is owned by any unit: embeddings, norms (Qwen-3's
 per-head-dim q/k norms are shared by all heads), output-projection biases and the LM head.
 
@@ -39,10 +40,13 @@ class Owned:
 
     rows: torch.Tensor  # bool [out_features]
     cols: torch.Tensor  # bool [in_features]
+    entries: torch.Tensor | None = None  # bool [out_features, in_features]: weight units
 
     def weight_mask(self, module: nn.Module) -> torch.Tensor:
         """Owned entries of the weight, in the module's own storage layout."""
         mask = self.rows[:, None] | self.cols[None, :]  # [out, in]
+        if self.entries is not None:
+            mask = mask | self.entries
         return out_in(module, mask).contiguous()
 
 
@@ -108,6 +112,17 @@ def ownership(model: nn.Module, circuit: Circuit) -> Ownership:
         for path, layout in fam.neuron_in if neurons else ():
             own(f"{at}.{path}", rows=owned_rows(layout, arch, [], neurons))
         own(f"{at}.{fam.mlp_out}", cols=unit_channels(arch, "neuron", neurons))
+    for (layer, part), index in circuit.weight_entries(arch).items():
+        path = f"{prefix}.{layer}.{fam.attn_out if part == 0 else fam.mlp_out}"
+        module = base.get_submodule(path)
+        n_out, n_in = out_features(module), in_features(module)
+        owned = result.modules.setdefault(
+            path,
+            Owned(torch.zeros(n_out, dtype=torch.bool), torch.zeros(n_in, dtype=torch.bool)),
+        )
+        if owned.entries is None:
+            owned.entries = torch.zeros(n_out, n_in, dtype=torch.bool)
+        owned.entries.view(-1)[index] = True
     for layer, part in circuit.layers:
         block = f"{prefix}.{layer}.{fam.attn_block if part == 'attn' else fam.mlp_block}"
         module = base.get_submodule(block)

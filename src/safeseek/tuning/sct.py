@@ -120,6 +120,11 @@ def _sharded_gradient_masks(
 
 def _lora_restriction(owned: Owned | None, mode: str, module: nn.Module):
     """(rows of B, columns of A) that may train in one projection; None: no LoRA there."""
+    if owned is not None and owned.entries is not None:
+        raise SafeSeekError(
+            "LoRA updates whole rows and columns and cannot keep to single weight entries: "
+            "tune a circuit with weight units with --method full"
+        )
     all_rows = torch.ones(out_features(module), dtype=torch.bool)
     all_cols = torch.ones(in_features(module), dtype=torch.bool)
     rows = owned.rows if owned is not None else ~all_rows
