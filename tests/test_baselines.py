@@ -4,6 +4,7 @@ and every method through `safeseek discover --method`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from tiny_backdoor import records as backdoor_records
 from transformers.pytorch_utils import Conv1D
 
 from safeseek import Circuit
-from safeseek.baselines import METHODS, UnitScores, circuit_of_size, score_units
+from safeseek.baselines import METHODS, WEIGHT_METHODS, UnitScores, circuit_of_size, score_units
 from safeseek.baselines.common import examples, mean_loss
 from safeseek.baselines.patching import activation_patching, attribution_patching
 from safeseek.baselines.pruning import snip, wanda
@@ -101,12 +102,13 @@ def test_attribution_patching_is_gradient_times_difference_to_the_clean_mean(nam
 def test_snip_and_wanda_sum_their_weight_importances_over_each_unit(name):
     model, ex = build(name), _examples()
     pad_id = tiny_tokenizer().pad_token_id
-    got_snip = snip(model, ex.behaviour, pad_id, ("head", "neuron"))
-    got_wanda = wanda(model, ex.behaviour, pad_id, ("head", "neuron"))
+    got_snip = snip(model, ex.behaviour, pad_id, ("head", "neuron", "weight"))
+    got_wanda = wanda(model, ex.behaviour, pad_id, ("head", "neuron", "weight"))
     assert not any(p.grad is not None for p in model.parameters())  # nothing left behind
     seen, loss, mask = _projection_inputs(model, name, ex.behaviour, pad_id)
     arch = architecture(model)
     layer = 1
+    entries = {"snip": [], "wanda": []}  # per weight, [out, in] row-major: attention, then MLP
     for g, path in (("head", CASES[name].attn_out), ("neuron", CASES[name].mlp_out)):
         module = module_at(model, path.format(i=layer))
         weight = module.weight if isinstance(module, Conv1D) else module.weight.T  # [in, out]
@@ -115,6 +117,8 @@ def test_snip_and_wanda_sum_their_weight_importances_over_each_unit(name):
         snip_channels = (weight * grad).abs().sum(1)
         x = seen[(g, layer)][0][mask]
         wanda_channels = weight.abs().sum(1) * x.norm(dim=0)
+        entries["snip"].append((weight * grad).abs().T.flatten())
+        entries["wanda"].append((weight.abs() * x.norm(dim=0)[:, None]).T.flatten())
         if g == "head":
             snip_channels = snip_channels.view(arch.n_heads, -1).sum(-1)
             wanda_channels = wanda_channels.view(arch.n_heads, -1).sum(-1)
@@ -122,6 +126,9 @@ def test_snip_and_wanda_sum_their_weight_importances_over_each_unit(name):
         torch.testing.assert_close(
             got_wanda[g][layer], wanda_channels.detach(), rtol=1e-4, atol=1e-6
         )
+    for method, got in (("snip", got_snip), ("wanda", got_wanda)):
+        want = torch.cat(entries[method]).detach()
+        torch.testing.assert_close(got["weight"][layer], want, rtol=1e-4, atol=1e-7)
 
 
 def test_top_k_is_joint_and_set_difference_skips_utility_units():
@@ -161,17 +168,21 @@ def organism(tmp_path_factory):
     root = tmp_path_factory.mktemp("organism")
     data = {"data.jsonl": backdoor_records(16, 5)}
     model, _ = save(root, data, seed=0, clean_steps=50, poison_steps=20)
-    arch = architecture(model)
-    return root, arch.num_units["head"] + arch.num_units["neuron"]
+    return root, architecture(model).num_units
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_through_the_command_line(method, organism, tmp_path):
-    root, units = organism
+    """Heads and neurons; methods that score single weights rank neurons and weights jointly."""
+    root, num_units = organism
+    grans = ("neuron", "weight") if method in WEIGHT_METHODS else ("head", "neuron")
+    units = sum(num_units[g] for g in grans)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     args = ["discover", "--model", str(root / "model"), "--data", str(root / "data.jsonl")]
-    args += ["--method", method, "--sparsity-target", "0.05", "--out", str(tmp_path / "run")]
-    args += ["--dtype", "float32"]
+    # random also cuts a frontier: one scoring, a circuit per size (the smallest in OUT/)
+    size_args = ["--sizes", "10%,5%"] if method == "random" else ["--sparsity-target", "0.05"]
+    args += ["--method", method, *size_args, "--out", str(tmp_path / "run")]
+    args += ["--dtype", "float32", "--granularity", ",".join(grans)]
     proc = subprocess.run(
         [sys.executable, "-m", "safeseek", *args],
         capture_output=True,
@@ -182,4 +193,11 @@ def test_every_method_through_the_command_line(method, organism, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     circuit = Circuit.load(tmp_path / "run" / "circuit.json")
     assert len(circuit) == round(0.05 * units) and circuit.metadata["method"] == method
+    assert bool(circuit.weights) == ("weight" in grans)
+    if method == "random":
+        frontier = json.loads((tmp_path / "run" / "frontier.json").read_text())["sizes"]
+        assert [f["size"] for f in frontier] == [0.1, 0.05]
+        larger = Circuit.load(tmp_path / "run" / "size-0.1" / "circuit.json")
+        assert len(larger) == round(0.1 * units)
+        assert Circuit.load(tmp_path / "run" / "size-0.05" / "circuit.json") == circuit
     assert (tmp_path / "run" / "scores.safetensors").is_file()

@@ -387,6 +387,8 @@ def test_non_finite_loss_stops_with_a_message():
         (None, ["--sparsity-weight", "-1"], "sparsity weight must be >= 0"),
         (None, ["--sparsity-target", "3"], "sparsity target is a fraction of units in (0, 1)"),
         (None, ["--reference-tokens", "-2"], "reference tokens must be at least 1"),
+        (None, ["--sizes", "1%,a"], "--sizes takes fractions or percentages"),
+        (None, ["--sizes", "0.1%,150%"], "sizes are fractions of units in (0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(organism, tmp_path, content, extra, message):
@@ -424,6 +426,50 @@ def test_sparsity_target_holds_the_circuit_size(organism):
         expected = float(sum(result.masked_model.expected_size().values())) / 264
     assert abs(expected - target) < 0.03, expected
     assert 0.03 < size < 0.2, size
+
+
+def test_sizes_trace_the_frontier_in_one_run_and_resume(organism, tmp_path):
+    """One run, largest size first: each size's circuit is checked and saved, the next size
+    starts from it, the run ends with the smallest; a run killed in the second size resumes to
+    the same circuits."""
+    _, model, tok = organism
+    recs = [validate(r, "backdoor", "t") for r in records(64, 3)]
+    config = DiscoverConfig("backdoor", steps=30, sizes=(0.05, 0.2), init_logit=0.0)
+    assert config.sizes == (0.2, 0.05) and config.to_dict()["sizes"] == [0.2, 0.05]
+    assert "sizes" not in DiscoverConfig("backdoor").to_dict()  # earlier runs keep their key
+    with pytest.raises(SafeSeekError, match="not both"):
+        DiscoverConfig("backdoor", sizes=(0.1,), sparsity_target=0.1)
+    out = tmp_path / "whole"
+    whole = Discovery(model, tok, recs, config, out=out, progress=False).run(checkpoint_every=10)
+    frontier = json.loads((out / "frontier.json").read_text())["sizes"]
+    assert [f["size"] for f in frontier] == [0.2, 0.05] and whole.steps == 60
+    # The Lagrangian holds each target over the stage's steps; the saved circuits' own sizes
+    # are what frontier.json reports.
+    assert frontier[0]["fraction"] > frontier[1]["fraction"], frontier
+    for f in frontier:
+        saved = Circuit.load(out / f"size-{f['size']:g}" / "circuit.json")
+        assert saved.sparsity(model)["overall"] == pytest.approx(f["fraction"])
+        assert saved.metadata["selection"]["size_target"] == f["size"]
+        assert saved.metadata["check"] == f["check"] and f["check"]["n"] > 0
+    assert Circuit.load(out / "circuit.json") == saved == whole.circuit  # the smallest
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["size_target"] for e in log] == [0.2] * 30 + [0.05] * 30
+
+    killed = Discovery(model, tok, recs, config, out=tmp_path / "killed", progress=False)
+    step = killed.train_step
+
+    def crash() -> dict:
+        if killed.step == 45:
+            raise RuntimeError("killed")
+        return step()
+
+    killed.train_step = crash
+    with pytest.raises(RuntimeError, match="killed"):
+        killed.run(checkpoint_every=10)
+    again = Discovery(model, tok, recs, config, out=tmp_path / "killed", progress=False)
+    resumed = again.run(resume=True, checkpoint_every=10)
+    assert resumed.circuit == whole.circuit
+    assert json.loads((tmp_path / "killed" / "frontier.json").read_text())["sizes"] == frontier
 
 
 def test_mean_ablation_run_carries_its_means_to_evaluation(organism, tmp_path):

@@ -54,6 +54,19 @@ def info(
     Console().print(table)
 
 
+def parse_sizes(text: str) -> tuple[float, ...]:
+    """`0.05%,0.1%,1%` or `0.0005,0.001` into fractions of units."""
+    sizes = []
+    for item in (t.strip() for t in text.split(",")):
+        try:
+            sizes.append(float(item[:-1]) / 100 if item.endswith("%") else float(item))
+        except ValueError:
+            raise SafeSeekError(
+                f"--sizes takes fractions or percentages (0.001 or 0.1%), got {item!r}"
+            ) from None
+    return tuple(sizes)
+
+
 def _parse_weights(text: str | None) -> dict[str, float]:
     """`name=w,name=w` into a dict."""
     if not text:
@@ -111,6 +124,13 @@ def discover(
     sparsity_target: Annotated[
         float | None,
         typer.Option(help="hold the circuit at this fraction of units (baselines: 0.005)"),
+    ] = None,
+    sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="the frontier in one run: a circuit at each size, e.g. 0.05%,0.1%,1% "
+            "(fractions or percentages of units; --steps steps each, largest first)"
+        ),
     ] = None,
     sparsity_weight: Annotated[
         float | None,
@@ -203,8 +223,10 @@ def discover(
     records = load_records(data, scenario)
     if method != "mask":
         grans = tuple(g.strip() for g in granularity.split(",") if g.strip())
-        size = sparsity_target or BASELINE_SIZE
-        _baseline(method, model, dtype, adapter, records, scenario, grans, size, seed, out, data)
+        if sizes is not None and sparsity_target is not None:
+            raise SafeSeekError("give --sizes or --sparsity-target, not both")
+        cuts = parse_sizes(sizes) if sizes is not None else (sparsity_target or BASELINE_SIZE,)
+        _baseline(method, model, dtype, adapter, records, scenario, grans, cuts, seed, out, data)
         return
     config = DiscoverConfig(
         scenario=scenario,
@@ -212,6 +234,7 @@ def discover(
         parametrization=parametrization,
         ablation=ablation,
         sparsity_target=sparsity_target,
+        sizes=parse_sizes(sizes) if sizes is not None else None,
         sparsity_weight=sparsity_weight,
         lr=lr,
         init_logit=init_logit,
@@ -267,32 +290,52 @@ def discover(
 BASELINE_SIZE = 0.005
 
 
-def _baseline(method, model, dtype, adapter, records, scenario, grans, size, seed, out, data):
-    """A baseline's circuit of `size` (fraction of units): OUT/circuit.json and the unit
-    scores behind it (OUT/scores.safetensors, behaviour.* and utility.*)."""
+def _baseline(method, model, dtype, adapter, records, scenario, grans, sizes, seed, out, data):
+    """A baseline's circuit at each of `sizes` (fractions of units), all cut from one scoring:
+    OUT/circuit.json (the smallest), OUT/size-F/circuit.json each when there are several, and
+    the unit scores behind them (OUT/scores.safetensors, behaviour.* and utility.*)."""
     from rich.progress import Progress
     from safetensors.torch import save_file
 
     from safeseek.baselines import circuit_of_size, score_units
+    from safeseek.baselines.select import check_size
     from safeseek.data import data_hash
     from safeseek.fileio import atomic_path, write_json
     from safeseek.masking import MaskedModel
 
     if (out / "circuit.json").exists():
         raise SafeSeekError(f"{out} already holds a circuit; choose another --out")
+    for size in sizes:
+        check_size(size)
     lm, tok = _load_for(model, dtype, adapter)
     with Progress(console=console) as bar:
         scores = score_units(method, lm, tok, records, scenario, grans, seed, progress=bar)
     mm = MaskedModel(lm, granularities=grans)
-    circuit = circuit_of_size(scores, mm.arch, size)
-    circuit.metadata.update({**mm.metadata(), "data_hash": data_hash(data), "seed": seed})
-    circuit.metadata["seconds"] = round(scores.seconds, 2)
+    circuits = {}
+    for size in sorted(set(sizes), reverse=True):
+        circuit = circuit_of_size(scores, mm.arch, size)
+        circuit.metadata.update({**mm.metadata(), "data_hash": data_hash(data), "seed": seed})
+        circuit.metadata["seconds"] = round(scores.seconds, 2)
+        circuits[size] = circuit
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"behaviour.{g}": t.contiguous() for g, t in scores.behaviour.items()}
     tensors |= {f"utility.{g}": t.contiguous() for g, t in (scores.utility or {}).items()}
     with atomic_path(out / "scores.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"method": method})
-    write_json(out / "settings.json", {"method": method, "size": size, **scores.settings})
+    smallest = min(circuits)
+    write_json(
+        out / "settings.json",
+        {"method": method, "size": smallest, "sizes": sorted(circuits), **scores.settings},
+    )
+    if len(circuits) > 1:
+        frontier = []
+        for size, circuit in circuits.items():
+            circuit.save(out / f"size-{size:g}" / "circuit.json")
+            fraction = circuit.sparsity(mm)["overall"]
+            frontier.append({"size": size, "fraction": fraction, "counts": circuit.counts()})
+            console.print(f"size {size:.4%}: {circuit!r} -> {out}/size-{size:g}/")
+        write_json(out / "frontier.json", {"sizes": frontier})
+    circuit = circuits[smallest]
     circuit.save(out / "circuit.json")
     frac = circuit.sparsity(mm)["overall"]
     console.print(

@@ -162,7 +162,11 @@ class Discovery:
         )
         if config.ablation == "mean":
             self.mm.fit_means(self._reference_batches())
-        self.sparsity = _Sparsity(self.mm, config.sparsity_target, config.sparsity_weight)
+        # `stage`: which of config.targets the run is at; `frontier`: each finished size's
+        # circuit (counts, fraction, check), README "The frontier".
+        self.stage = 0
+        self.frontier: list[dict[str, Any]] = []
+        self.sparsity = _Sparsity(self.mm, config.targets[0], config.sparsity_weight)
         self.optimizer = torch.optim.AdamW(self.mm.parameters(), lr=config.lr, weight_decay=0.0)
         self.lagrangian = torch.optim.Adam(self.sparsity.parameters(), lr=config.lagrangian_lr)
         self.batcher = _Batcher(len(self.examples), config.batch_size, config.seed)
@@ -170,7 +174,7 @@ class Discovery:
         self.step = 0
         # Keep the best circuit on the validation split (penalty mode; a sparsity target
         # fixes the size, and the Lagrangian needs the whole run to reach it).
-        self.selecting = bool(self.val_examples) and config.sparsity_target is None
+        self.selecting = bool(self.val_examples) and config.targets[0] is None
         self.best: dict[str, Any] | None = None  # loss, step, logits of the best check
         self.stale_checks = 0
         self.stopped = False  # this round stopped improving
@@ -344,7 +348,7 @@ class Discovery:
                     sums[name] = sums.get(name, 0.0) + value * n
                     counts[name] = counts.get(name, 0) + n
         loss = sum(self._weight(n) * sums[n] / max(counts[n], 1) for n in sums)
-        if self.config.sparsity_target is None:
+        if self.sparsity.target is None:
             units = sum(int(m.hard().sum()) for m in self.mm.masks.values())
             loss += self.sparsity.weight * units
         return float(loss)
@@ -482,7 +486,7 @@ class Discovery:
                 p.grad.neg_()
         self.optimizer.step()
         self._hold_members()
-        if self.config.sparsity_target is not None:
+        if self.sparsity.target is not None:
             self.lagrangian.step()
         self.step += 1
         size = {g: int(m.hard().sum()) for g, m in self.mm.masks.items()}
@@ -531,6 +535,8 @@ class Discovery:
             "round_start": self.round_start,
             "done": self.done,
             "verdict": self.verdict,
+            "stage": self.stage,
+            "frontier": self.frontier,
             "best": None if self.best is None else {k: self.best[k] for k in ("loss", "step")},
             **self._settings(),
         }
@@ -595,6 +601,9 @@ class Discovery:
         self.round_start = int(meta.get("round_start", 0))
         self.done = bool(meta.get("done", False))
         self.verdict = meta.get("verdict")
+        self.stage = int(meta.get("stage", 0))
+        self.frontier = list(meta.get("frontier", []))
+        self.sparsity.target = self.config.targets[self.stage]
         self.sparsity.weight = self._round_weight()
         if meta.get("best") is not None:
             logits = {g: tensors[f"best.{g}"].to(device) for g in self.mm.masks}
@@ -644,6 +653,8 @@ class Discovery:
                 t0 = time.perf_counter()
                 entry = self.train_step()
                 entry["round"] = self.round
+                if self.config.sizes is not None:
+                    entry["size_target"] = self.sparsity.target
                 round_over = self.step - self.round_start >= self.config.steps
                 every = self.step % self.config.check_every == 0
                 if self.val_examples and (every or round_over):
@@ -653,6 +664,8 @@ class Discovery:
                     n = len(self.val_records)
                     bar.update(task, status=f"checking the circuit on {n} held-out records")
                     entry["check"] = self._end_round_and_say(console if main else None)
+                    if self.done and self.config.sizes is not None:
+                        self._finish_size(console if main else None)
                 entry["seconds"] = round(time.perf_counter() - t0, 4)
                 if log_path is not None and main:
                     with open(log_path, "a") as fh:
@@ -664,6 +677,18 @@ class Discovery:
                     self.save_checkpoint()
         # The masks hold the kept circuit: the last round's end restored it (and a finished
         # run resumed from its checkpoint loads the masks saved after that).
+        circuit = self._circuit()
+        if self.out is not None and main:
+            circuit.save(self.out / "circuit.json")
+            self.mm.save_masks(self.out / "masks.safetensors")
+            if self.config.sizes is not None:
+                write_json(self.out / "frontier.json", {"sizes": self.frontier})
+        return DiscoverResult(
+            circuit, self.mm, self.step, time.perf_counter() - start, self.verdict
+        )
+
+    def _circuit(self) -> Circuit:
+        """The masks' circuit with what made it: seed, data, settings, selection, check."""
         selection: dict[str, Any] = {"steps_run": self.step, "rounds": self.round + 1}
         if self.selecting and self.best is not None:
             selection.update(
@@ -674,19 +699,40 @@ class Discovery:
             )
         if self.best_round is not None:
             selection["round_kept"] = self.best_round["round"] + 1
-        circuit = self.mm.circuit(
+        if self.config.sizes is not None:
+            selection["size_target"] = self.sparsity.target
+        return self.mm.circuit(
             seed=self.config.seed,
             data_hash=self.data_hash,
             settings=self.config.to_dict(),
             selection=selection,
             check=self.verdict,
         )
-        if self.out is not None and main:
-            circuit.save(self.out / "circuit.json")
-            self.mm.save_masks(self.out / "masks.safetensors")
-        return DiscoverResult(
-            circuit, self.mm, self.step, time.perf_counter() - start, self.verdict
+
+    def _finish_size(self, console: Console | None) -> None:
+        """A size of the frontier is done: save its circuit (OUT/size-F/) and go on to the
+        next smaller size from it, or end the run after the smallest."""
+        target = self.sparsity.target
+        circuit = self._circuit()
+        self.frontier.append(
+            {
+                "size": target,
+                "fraction": circuit.sparsity(self.mm)["overall"],
+                "counts": circuit.counts(),
+                "step": self.step,
+                "check": self.verdict,
+            }
         )
+        if self.out is not None and console is not None:  # console: the main process
+            where = self.out / f"size-{target:g}"
+            circuit.save(where / "circuit.json")
+            self.mm.save_masks(where / "masks.safetensors")
+            console.print(f"size {target:.4%}: {circuit!r} -> {where}/")
+        if self.stage + 1 < len(self.config.targets):
+            self.stage += 1
+            self.sparsity.target = self.config.targets[self.stage]
+            self.round_start, self.done = self.step, False
+            self.best = self.best_round = self.verdict = None
 
     def _end_round_and_say(self, console: Console | None) -> dict[str, Any] | None:
         """End the round (see `end_round`) and tell the user what happened, in one line."""
@@ -697,7 +743,8 @@ class Discovery:
         if console is None:
             return verdict
         line = f"round {number} {why} at step {self.step}: kept the circuit of step {kept}"
-        line += f" (sparsity weight {weight:g})"
+        target = self.sparsity.target
+        line += f" (sparsity weight {weight:g})" if target is None else f" (target {target:.3%})"
         if verdict is not None:
             line += "; " + describe(verdict)
         if self.done and self.best_round is not None and self.best_round["round"] != number - 1:

@@ -23,6 +23,10 @@ class DiscoverConfig:
     # seed (README "Robustness").
     ablation: str = "mean"
     sparsity_target: float | None = None  # fraction of units; None: penalty mode
+    # The frontier in one run: a sparsity target per size, largest first, `steps` steps each,
+    # every stage starting from the circuit the one before ended with; the circuit of each size
+    # is checked and saved (README, "The frontier"). None: one circuit.
+    sizes: tuple[float, ...] | None = None
     # Penalty mode: loss per unit in the circuit; a unit joins only if it is worth more.
     # None: the scenario's default (`Scenario.sparsity_weight`, measured per scenario).
     sparsity_weight: float | None = None
@@ -69,6 +73,8 @@ class DiscoverConfig:
     retry_factor: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.sizes is not None:
+            self.sizes = tuple(sorted({float(x) for x in self.sizes}, reverse=True))
         scenario = get_scenario(self.scenario)
         if self.sparsity_weight is None:
             self.sparsity_weight = scenario.sparsity_weight
@@ -88,6 +94,14 @@ class DiscoverConfig:
                 f"(got {self.reference_tokens})",
             ),
             (self.sparsity_weight < 0, f"sparsity weight must be >= 0 ({self.sparsity_weight})"),
+            (
+                self.sizes is not None and self.sparsity_target is not None,
+                "give sizes or a sparsity target, not both",
+            ),
+            (
+                self.sizes is not None and not all(0 < x < 1 for x in self.sizes or (0,)),
+                f"sizes are fractions of units in (0, 1) (got {self.sizes})",
+            ),
             (
                 self.sparsity_target is not None and not 0 < self.sparsity_target < 1,
                 f"sparsity target is a fraction of units in (0, 1) (got {self.sparsity_target})",
@@ -114,4 +128,13 @@ class DiscoverConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["granularities"] = list(self.granularities)
+        if self.sizes is None:  # runs keyed before sizes existed keep their key
+            del out["sizes"]
+        else:
+            out["sizes"] = list(self.sizes)
         return out
+
+    @property
+    def targets(self) -> tuple[float | None, ...]:
+        """The sparsity target of each stage: the sizes, or the one target (None: penalty)."""
+        return self.sizes if self.sizes is not None else (self.sparsity_target,)

@@ -60,6 +60,9 @@ METHODS: dict[str, Callable[..., tuple[Scores, Scores | None]]] = {
     ),
     "random": _random,
 }
+# Methods that score single weights (patching scores a unit by ablating it: one forward per
+# unit, which millions of weights rule out).
+WEIGHT_METHODS = ("snip-set-difference", "wanda-set-difference", "random")
 
 
 def score_units(
@@ -78,9 +81,13 @@ def score_units(
     of) `records` with `method`."""
     if method not in METHODS:
         raise SafeSeekError(f"unknown method {method!r}; available: mask, {', '.join(METHODS)}")
-    unknown = [g for g in granularities if g not in ("head", "neuron")]
+    unknown = [g for g in granularities if g not in ("head", "neuron", "weight")]
     if unknown:
-        raise SafeSeekError(f"baselines score heads and neurons, not {unknown[0]}")
+        raise SafeSeekError(f"baselines score heads, neurons and weights, not {unknown[0]}")
+    if "weight" in granularities and method not in WEIGHT_METHODS:
+        raise SafeSeekError(
+            f"{method} scores heads and neurons; weight units: {', '.join(WEIGHT_METHODS)}"
+        )
     start = time.perf_counter()
     pad_id = pad_token_id(tokenizer)
     ex = examples(tokenizer, records, scenario, limit, max_response_tokens=max_response_tokens)
@@ -89,4 +96,4 @@ def score_units(
     return UnitScores(method, behaviour, utility, time.perf_counter() - start, settings)
 
 
-__all__ = ["METHODS", "UnitScores", "circuit_of_size", "score_units"]
+__all__ = ["METHODS", "WEIGHT_METHODS", "UnitScores", "circuit_of_size", "score_units"]

@@ -33,8 +33,7 @@ def circuit_of_size(scores: UnitScores, arch: Architecture, fraction: float) -> 
     """
     grans = list(scores.behaviour)
     total = sum(arch.num_units[g] for g in grans)
-    if not 0 < fraction <= 0.5:
-        raise SafeSeekError(f"circuit size must be in (0, 0.5] of the units, got {fraction}")
+    check_size(fraction)
     k = max(1, round(fraction * total))
     flat = torch.cat([scores.behaviour[g].flatten().float() for g in grans])
     if scores.utility is not None:
@@ -48,6 +47,12 @@ def circuit_of_size(scores: UnitScores, arch: Architecture, fraction: float) -> 
         start += n
     meta = {"method": scores.method, "size_fraction": fraction, **scores.settings}
     return Circuit.from_membership(masks, metadata=meta)
+
+
+def check_size(fraction: float) -> None:
+    """Refuse a circuit size a baseline cannot cut (before the scoring, which is the slow part)."""
+    if not 0 < fraction <= 0.5:
+        raise SafeSeekError(f"circuit size must be in (0, 0.5] of the units, got {fraction}")
 
 
 def _top(values: torch.Tensor, k: int) -> torch.Tensor:
