@@ -259,19 +259,24 @@ ENTRIES = [
 ]
 
 
-def test_weight_units_equal_zeroing_entries_by_hand(family, tiny, batch):
-    """Masking entry (r, c) of an output projection = that entry set to 0 in a copy."""
+@pytest.mark.parametrize("view", ["without", "only"])
+def test_weight_units_equal_editing_entries_by_hand(family, tiny, batch, view):
+    """Without the circuit: its entries set to 0 in a copy. The circuit alone (zero
+    ablation): every other entry of the output projections set to 0."""
     case = CASES[family]
     c = Circuit(weights=_entry_index(tiny, family, ENTRIES))
     mm = MaskedModel(tiny, granularities=("weight",))
-    with mm.without(c):
+    with getattr(mm, view)(c):
         got = logits(tiny, batch)
     edited = copy.deepcopy(tiny)
-    for layer, part, r, col in ENTRIES:
-        path = (case.attn_out if part == "attn" else case.mlp_out).format(i=layer)
-        module = module_at(edited, path)
-        w = module.weight.data
-        (w.T if isinstance(module, Conv1D) else w)[r, col] = 0
+    for layer in range(tiny.config.num_hidden_layers):
+        for part, path in (("attn", case.attn_out), ("mlp", case.mlp_out)):
+            module = module_at(edited, path.format(i=layer))
+            w = module.weight.data.T if isinstance(module, Conv1D) else module.weight.data
+            listed = torch.zeros_like(w, dtype=torch.bool)
+            for la, pa, r, col in ENTRIES:
+                listed[r, col] |= (la, pa) == (layer, part)
+            w[listed if view == "without" else ~listed] = 0
     want = logits(edited, batch)
     assert not torch.allclose(want, logits(tiny, batch), atol=1e-6)  # the entries matter
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
@@ -298,27 +303,6 @@ def test_weight_units_of_whole_columns_equal_heads_and_neurons(family, tiny, bat
         got = logits(tiny, batch)
     assert not torch.allclose(want, logits(tiny, batch), atol=1e-4)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-
-
-def test_only_weight_units_keeps_just_those_entries(family, tiny, batch):
-    """The circuit alone (zero ablation): every other entry of the output projections is 0."""
-    case = CASES[family]
-    c = Circuit(weights=_entry_index(tiny, family, ENTRIES))
-    mm = MaskedModel(tiny, granularities=("weight",))
-    with mm.only(c):
-        got = logits(tiny, batch)
-    edited = copy.deepcopy(tiny)
-    for layer in range(tiny.config.num_hidden_layers):
-        for part, path in (("attn", case.attn_out), ("mlp", case.mlp_out)):
-            module = module_at(edited, path.format(i=layer))
-            w = module.weight.data
-            w = w.T if isinstance(module, Conv1D) else w
-            kept = {(r, col) for la, pa, r, col in ENTRIES if (la, pa) == (layer, part)}
-            values = {rc: w[rc].clone() for rc in kept}
-            w.zero_()
-            for rc, v in values.items():
-                w[rc] = v
-    torch.testing.assert_close(got, logits(edited, batch), atol=1e-5, rtol=0)
 
 
 def test_learned_weight_masks_get_gradients_and_match_the_fixed_view(tiny, batch):
