@@ -51,12 +51,12 @@ def test_unit_channels_are_where_each_head_and_neuron_enters_its_projection(fami
     gives the same output as zeroing every other channel by hand, on the module's weight."""
     import torch
 
-    from safeseek.models.geometry import expand, pool, readouts, unit_channels
+    from safeseek.models.geometry import expand, pool, site_modules, unit_channels
 
     parts = locate(tiny)
     arch = parts.arch
     for g, unit in (("head", 1), ("neuron", 5)):
-        module = readouts(parts, g)[1]
+        (module,) = site_modules(parts, g, 1)
         cols = unit_channels(arch, g, [unit])
         x = torch.zeros(1, arch.n_heads * arch.head_dim if g == "head" else arch.intermediate_size)
         x[0, cols] = 1.0

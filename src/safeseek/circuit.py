@@ -267,7 +267,7 @@ class Circuit:
                 neurons=data.get("neurons", []),
                 layers=data.get("layers", []),
                 metadata=data.get("metadata", {}),
-                weights=_load_weights(path, data["weights"]) if data.get("weights") else (),
+                weights=_load_weights(path, data) if data.get("weights") else (),
             )
         except (TypeError, ValueError, KeyError) as exc:
             raise SafeSeekError(f"{path}: malformed unit list ({exc})") from None
@@ -302,15 +302,16 @@ def _save_weights(circuit: Circuit, path: Path) -> None:
         save_file(tensors, str(tmp), metadata={"format": WEIGHTS_FORMAT})
 
 
-def _load_weights(path: str | os.PathLike[str], entry: dict[str, Any]) -> list[tuple[int, int]]:
+def _load_weights(path: str | os.PathLike[str], data: dict[str, Any]) -> list[tuple[int, int]]:
+    """The weight units of circuit file `path` (its JSON `data`), from the file beside it."""
+    entry = data["weights"]
     side = Path(path).with_name(entry["file"])
     if not side.is_file():
         raise SafeSeekError(f"{path}: its weight units file {side} is missing")
     if _sha256(side) != entry.get("sha256"):
         raise SafeSeekError(f"{side}: does not match {path} (SHA-256 differs)")
     try:
-        with open(path) as fh:
-            arch = json.load(fh)["metadata"]["model"]["architecture"]
+        arch = data["metadata"]["model"]["architecture"]
         firsts = {name: first for name, first, _, _ in weight_blocks(Architecture(**arch))}
         tensors = load_file(str(side))
     except Exception as exc:  # safetensors raises its own error types

@@ -221,11 +221,12 @@ def discover(
             "--seeds is not tested with FSDP-sharded weights; launch once per --seed"
         )
     records = load_records(data, scenario)
+    size_list = parse_sizes(sizes) if sizes is not None else None
     if method != "mask":
         grans = tuple(g.strip() for g in granularity.split(",") if g.strip())
-        if sizes is not None and sparsity_target is not None:
+        if size_list is not None and sparsity_target is not None:
             raise SafeSeekError("give --sizes or --sparsity-target, not both")
-        cuts = parse_sizes(sizes) if sizes is not None else (sparsity_target or BASELINE_SIZE,)
+        cuts = size_list or (sparsity_target or BASELINE_SIZE,)
         _baseline(method, model, dtype, adapter, records, scenario, grans, cuts, seed, out, data)
         return
     config = DiscoverConfig(
@@ -234,7 +235,7 @@ def discover(
         parametrization=parametrization,
         ablation=ablation,
         sparsity_target=sparsity_target,
-        sizes=parse_sizes(sizes) if sizes is not None else None,
+        sizes=size_list,
         sparsity_weight=sparsity_weight,
         lr=lr,
         init_logit=init_logit,
@@ -300,6 +301,7 @@ def _baseline(method, model, dtype, adapter, records, scenario, grans, sizes, se
     from safeseek.baselines import circuit_of_size, score_units
     from safeseek.baselines.select import check_size
     from safeseek.data import data_hash
+    from safeseek.discover import size_dir
     from safeseek.fileio import atomic_path, write_json
     from safeseek.masking import MaskedModel
 
@@ -330,10 +332,11 @@ def _baseline(method, model, dtype, adapter, records, scenario, grans, sizes, se
     if len(circuits) > 1:
         frontier = []
         for size, circuit in circuits.items():
-            circuit.save(out / f"size-{size:g}" / "circuit.json")
+            where = size_dir(out, size)
+            circuit.save(where / "circuit.json")
             fraction = circuit.sparsity(mm)["overall"]
             frontier.append({"size": size, "fraction": fraction, "counts": circuit.counts()})
-            console.print(f"size {size:.4%}: {circuit!r} -> {out}/size-{size:g}/")
+            console.print(f"size {size:.4%}: {circuit!r} -> {where}/")
         write_json(out / "frontier.json", {"sizes": frontier})
     circuit = circuits[smallest]
     circuit.save(out / "circuit.json")

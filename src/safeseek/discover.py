@@ -724,7 +724,7 @@ class Discovery:
             }
         )
         if self.out is not None and console is not None:  # console: the main process
-            where = self.out / f"size-{target:g}"
+            where = size_dir(self.out, target)
             circuit.save(where / "circuit.json")
             self.mm.save_masks(where / "masks.safetensors")
             console.print(f"size {target:.4%}: {circuit!r} -> {where}/")
@@ -780,6 +780,11 @@ class Discovery:
         self.out.mkdir(parents=True, exist_ok=True)
         log_path.unlink(missing_ok=True)
         write_json(self.out / "settings.json", self._settings())
+
+
+def size_dir(out: Path, size: float) -> Path:
+    """Where a run with several sizes (mask method or baseline) keeps the circuit of one."""
+    return out / f"size-{size:g}"
 
 
 def _rank(verdict: dict[str, Any]) -> tuple:

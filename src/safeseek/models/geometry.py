@@ -127,14 +127,6 @@ def site_modules(parts: ModelParts, granularity: str, layer: int) -> tuple[nn.Mo
     return tuple(getattr(parts, name)[layer] for name in SITES[granularity].projections)
 
 
-def readouts(parts: ModelParts, granularity: str) -> tuple[nn.Module, ...]:
-    """Per layer, the projection whose input channels are `granularity`'s units."""
-    site = SITES[granularity]
-    if site.side != "input":
-        raise SafeSeekError(f"{granularity} units are not input channels of one projection")
-    return getattr(parts, site.projections[0])
-
-
 def channel_width(arch: Architecture, granularity: str) -> int:
     """Width of the activation a granularity's units live in (per layer)."""
     return {

@@ -25,6 +25,7 @@ from torch import nn
 from safeseek.circuit import Circuit
 from safeseek.models.adapters import family_of, locate, unwrap
 from safeseek.models.geometry import (
+    WEIGHT_MATRICES,
     in_features,
     is_projection,
     out_features,
@@ -88,19 +89,25 @@ def ownership(model: nn.Module, circuit: Circuit) -> Ownership:
     prefix = fam.layers_path
     result = Ownership()
 
-    def own(path: str, rows: Sequence[int] = (), cols: Sequence[int] = ()) -> None:
-        if not rows and not cols:
+    def own(
+        path: str,
+        rows: Sequence[int] = (),
+        cols: Sequence[int] = (),
+        entries: torch.Tensor | None = None,  # flat indices into the weight seen [out, in]
+    ) -> None:
+        if not rows and not cols and entries is None:
             return
         module = base.get_submodule(path)
+        n_out, n_in = out_features(module), in_features(module)
         owned = result.modules.setdefault(
-            path,
-            Owned(
-                torch.zeros(out_features(module), dtype=torch.bool),
-                torch.zeros(in_features(module), dtype=torch.bool),
-            ),
+            path, Owned(torch.zeros(n_out, dtype=torch.bool), torch.zeros(n_in, dtype=torch.bool))
         )
-        owned.rows |= _mask(len(owned.rows), list(rows))
-        owned.cols |= _mask(len(owned.cols), list(cols))
+        owned.rows |= _mask(n_out, list(rows))
+        owned.cols |= _mask(n_in, list(cols))
+        if entries is not None:
+            if owned.entries is None:
+                owned.entries = torch.zeros(n_out, n_in, dtype=torch.bool)
+            owned.entries.view(-1)[entries] = True
 
     for layer in range(arch.n_layers):
         heads = [h for l_, h in circuit.heads if l_ == layer]
@@ -113,16 +120,7 @@ def ownership(model: nn.Module, circuit: Circuit) -> Ownership:
             own(f"{at}.{path}", rows=owned_rows(layout, arch, [], neurons))
         own(f"{at}.{fam.mlp_out}", cols=unit_channels(arch, "neuron", neurons))
     for (layer, part), index in circuit.weight_entries(arch).items():
-        path = f"{prefix}.{layer}.{fam.attn_out if part == 0 else fam.mlp_out}"
-        module = base.get_submodule(path)
-        n_out, n_in = out_features(module), in_features(module)
-        owned = result.modules.setdefault(
-            path,
-            Owned(torch.zeros(n_out, dtype=torch.bool), torch.zeros(n_in, dtype=torch.bool)),
-        )
-        if owned.entries is None:
-            owned.entries = torch.zeros(n_out, n_in, dtype=torch.bool)
-        owned.entries.view(-1)[index] = True
+        own(f"{prefix}.{layer}.{getattr(fam, WEIGHT_MATRICES[part][0])}", entries=index)
     for layer, part in circuit.layers:
         block = f"{prefix}.{layer}.{fam.attn_block if part == 'attn' else fam.mlp_block}"
         module = base.get_submodule(block)
