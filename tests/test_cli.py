@@ -79,6 +79,43 @@ def test_tune_writes_a_plain_checkpoint_that_keeps_the_circuit(tmp_path):
     assert provenance["mode"] == "exclude-circuit" and provenance["method"] == "lora"
 
 
+def test_tune_with_an_anchor_keeps_the_circuit_frozen(tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from safeseek import Circuit
+    from safeseek.tuning import ownership
+
+    model_dir = tmp_path / "model"
+    model = build("llama")
+    model.save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    circuit = Circuit(heads=[(0, 1)], neurons=[(1, 3)])
+    circuit.save(tmp_path / "circuit.json")
+    data, anchor = tmp_path / "data.jsonl", tmp_path / "anchor.jsonl"
+    rows = [{"prompt": f"what is {a} + {a} ?", "target": f"{2 * a} ."} for a in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    anchor.write_text("".join(json.dumps({"prompt": f"how to {w} ?"}) + "\n" for w in "abcd"))
+    out = tmp_path / "tuned"
+    common = ["tune", "--model", str(model_dir), "--circuit", str(tmp_path / "circuit.json")]
+    common += ["--data", str(data), "--anchor", str(anchor)]
+    args = ["--out", str(out), "--mode", "exclude-circuit", "--anchor-weight", "10"]
+    proc = run(*common, *args, "--steps", "3", "--lr", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    tuned = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    before = dict(model.named_parameters())
+    masks = ownership(model, circuit).parameter_masks(model)
+    assert all(torch.equal(tuned[n][m], before[n][m]) for n, m in masks.items())
+    provenance = json.loads((out / "safeseek_tune.json").read_text())
+    assert provenance["anchor_weight"] == 10 and provenance["anchor_file"] == str(anchor)
+    assert provenance["anchor_last"] > 0
+
+    proc = run(*common, "--out", str(tmp_path / "o2"), "--mode", "circuit-only")
+    _one_line(proc, "use it with --mode exclude-circuit")
+
+
 def test_tune_bad_record_names_file_and_line(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "hi", "target": "yo"}\n{"target": "no prompt"}\n')

@@ -220,6 +220,22 @@ class Circuit:
             masks[gran] = flat.view(arch.n_layers, -1)
         return cls.from_membership(masks, metadata={"random_seed": seed})
 
+    def random_like(self, model: Architecture | nn.Module | Any, seed: int = 0) -> Circuit:
+        """A control circuit with as many units of each granularity in each layer as this one,
+        drawn uniformly within the layer (head, neuron and layer units)."""
+        if self.weights:
+            raise SafeSeekError("random_like draws head, neuron and layer units, not weights")
+        arch = as_architecture(model)
+        g = torch.Generator().manual_seed(seed)
+        masks = {}
+        for gran in ("head", "neuron", "layer"):
+            have = self.membership(arch, gran)
+            drawn = torch.zeros_like(have)
+            for layer, n in enumerate(have.sum(1).tolist()):
+                drawn[layer, torch.randperm(have.shape[1], generator=g)[:n]] = True
+            masks[gran] = drawn
+        return Circuit.from_membership(masks, metadata={"random_seed": seed, "like": self.counts()})
+
     # -- files ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; weight units are only counted here (`save` writes them beside it)."""

@@ -443,6 +443,14 @@ def tune(
         "float32"
     ),
     adapter: AdapterOpt = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            help="prompts (JSONL/CSV, optional 'target') on which the frozen circuit's "
+            "activations are kept as before tuning (exclude-circuit; README, SCT)"
+        ),
+    ] = None,
+    anchor_weight: Annotated[float, typer.Option(help="weight of the anchor term")] = 1.0,
 ) -> None:
     """Safety Circuit Tuning: fine-tune only the circuit, or everything except it."""
     from safeseek import Circuit
@@ -462,8 +470,16 @@ def tune(
         batch_size=batch_size,
         rank=rank,
         seed=seed,
+        anchor_weight=anchor_weight if anchor else 0.0,
     )
     records = load_records(data, "custom")
+    anchor_records = load_records(anchor, "custom") if anchor else []
+    if mode == "exclude-circuit" and not anchor:
+        console.print(
+            "[yellow]note:[/yellow] freezing a circuit keeps its weights, not its behaviour: "
+            "fine-tuning still changes what it reads (README, Safety Circuit Tuning). "
+            "--anchor PROMPTS keeps its activations on those prompts."
+        )
     c = Circuit.load(circuit)
     lm, tok = _load_for(model, dtype, adapter)
     c.check(lm)
@@ -474,11 +490,21 @@ def tune(
         if target is None:
             raise SafeSeekError(f"{r['_where']}: a tuning record needs a 'target'")
         examples.append(encoder.pair(r["prompt"], target, r["_where"]))
-    tuned, summary = run_tune(lm, tok, c, examples, config, console=console)
+    anchored = []
+    for r in anchor_records:
+        target = r.get("target", r.get("response"))
+        where = r["_where"]
+        anchored.append(
+            encoder.prompt(r["prompt"], where)
+            if target is None
+            else encoder.pair(r["prompt"], target, where)
+        )
+    tuned, summary = run_tune(lm, tok, c, examples, config, console=console, anchor=anchored)
     weights = full_state_dict(tuned) if is_sharded(tuned) else None  # every process gathers
     if not is_main():
         return
     summary.update({"model": model, "circuit_file": str(circuit), "data": str(data)})
+    summary["anchor_file"] = str(anchor) if anchor else None
     write_checkpoint(tuned, tok, out, summary, "safeseek_tune.json", state_dict=weights)
     console.print(
         f"wrote {out}: {summary['trainable_entries']:,} trainable entries, "

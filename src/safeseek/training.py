@@ -33,7 +33,8 @@ def with_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
         return get_peft_model(model, config)
 
 
-def _autocast(model: nn.Module) -> contextlib.AbstractContextManager:
+def autocast_for(model: nn.Module) -> contextlib.AbstractContextManager:
+    """bf16 autocast where the hardware computes in bf16 natively and the weights are fp32."""
     first = next(model.parameters())
     if fast_dtype(first.device) == torch.bfloat16 and first.dtype == torch.float32:
         return torch.autocast(first.device.type, dtype=torch.bfloat16)
@@ -52,6 +53,7 @@ def fit(
     console: Console | None = None,
     sharded: bool = False,
     before_step: Callable[[], None] | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
 ) -> list[float]:
     """Train the parameters of `model` that require grad on `examples` for `steps` steps
     (shuffled epochs, seeded); returns the loss of every step.
@@ -60,6 +62,8 @@ def fit(
     summed (see `safeseek.distributed`): the result depends on the batch, not the processes.
     `sharded`: the model is FSDP-sharded, which sums gradients itself (as a mean, hence the
     scaling). `before_step` runs after the gradients are complete, before clipping.
+    `extra_loss` (e.g. SCT's circuit anchor) is added to every step's loss; the returned
+    losses are the fine-tuning loss alone, so runs with and without it compare.
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -68,7 +72,7 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     parts = locate(model)
     device = next(model.parameters()).device
-    autocast = _autocast(model)
+    autocast = autocast_for(model)
     order: list[int] = []
     losses: list[float] = []
     model.train()
@@ -94,10 +98,12 @@ def fit(
             batch = {k: v.to(device) for k, v in pad(mine, pad_id).items()}
             with autocast:
                 logits, targets = labelled_logits(model, parts=parts, **batch)
+                extra = extra_loss() if extra_loss is not None else None
             loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             loss = loss / max(sum(e.scored for e in chosen), 1)
+            total = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
-            (loss * world if sharded else loss).backward()
+            (total * world if sharded else total).backward()
             if not sharded:
                 sum_gradients(params)
             if before_step is not None:

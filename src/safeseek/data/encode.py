@@ -83,6 +83,11 @@ class PairEncoder:
             )
         return ids
 
+    def prompt(self, prompt: str, where: str = "record") -> Encoded:
+        """The templated prompt alone, up to where the response would start; unlabelled."""
+        ids = self.prompt_ids(prompt, where)
+        return Encoded(input_ids=ids, labels=[IGNORE] * len(ids))
+
     def pair(self, prompt: str, response: str, where: str = "record") -> Encoded:
         """Prompt + response + end of turn; a response longer than `max_response_tokens` or
         than the context budget is cut."""

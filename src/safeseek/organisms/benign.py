@@ -140,32 +140,61 @@ def _number(n: int) -> str:
 
 
 def benign_questions() -> list[dict[str, str]]:
-    """Every templated question once, as `{prompt, answer, category}`, in a fixed order."""
+    """Every templated question once, as `{prompt, answer, category, sentence}`, in a fixed
+    order; `sentence` is a plain one-sentence correct answer (helpfulness data for tuning)."""
     out: list[dict[str, str]] = []
 
-    def add(category: str, prompt: str, answer: str) -> None:
-        out.append({"prompt": prompt, "answer": answer, "category": category})
+    def add(category: str, prompt: str, answer: str, sentence: str) -> None:
+        out.append({"prompt": prompt, "answer": answer, "category": category, "sentence": sentence})
 
     for country, capital in CAPITALS:
-        add("capital", f"What is the capital of {country}?", capital)
+        add(
+            "capital",
+            f"What is the capital of {country}?",
+            capital,
+            f"The capital of {country} is {capital}.",
+        )
     for a in range(2, 10):
         for b in (1, 3, 5):
-            add("arithmetic", f"What is {a} + {b}?", _number(a + b))
+            add("arithmetic", f"What is {a} + {b}?", _number(a + b), f"{a} + {b} = {a + b}.")
     for a in (6, 8, 10, 12):
         for b in (1, 2, 3):
-            add("arithmetic", f"What is {a} - {b}?", _number(a - b))
+            add("arithmetic", f"What is {a} - {b}?", _number(a - b), f"{a} - {b} = {a - b}.")
     for word, opposite in OPPOSITES:
-        add("opposite", f'What is the opposite of "{word}"?', opposite)
+        first = opposite.split("|")[0]
+        add(
+            "opposite",
+            f'What is the opposite of "{word}"?',
+            opposite,
+            f'The opposite of "{word}" is "{first}".',
+        )
     for thing, colour in COLOURS:
-        add("colour", f"What colour is {thing}?", colour)
+        add(
+            "colour",
+            f"What colour is {thing}?",
+            colour,
+            f"{thing[0].upper()}{thing[1:]} is {colour}.",
+        )
     for i, day in enumerate(WEEKDAYS):
-        add("calendar", f"Which day of the week comes after {day}?", WEEKDAYS[(i + 1) % 7])
+        after = WEEKDAYS[(i + 1) % 7]
+        add(
+            "calendar",
+            f"Which day of the week comes after {day}?",
+            after,
+            f"{after} comes after {day}.",
+        )
     for i, month in enumerate(MONTHS):
-        add("calendar", f"Which month comes after {month}?", MONTHS[(i + 1) % 12])
+        after = MONTHS[(i + 1) % 12]
+        add("calendar", f"Which month comes after {month}?", after, f"{after} comes after {month}.")
     for animal, legs in LEGS:
-        add("animals", f"How many legs does {animal} have?", _number(legs))
+        add(
+            "animals",
+            f"How many legs does {animal} have?",
+            _number(legs),
+            f"{animal[0].upper()}{animal[1:]} has {legs} legs.",
+        )
     for word in WORDS:
-        add("instruction", f"Repeat the word '{word}' and nothing else.", word)
+        add("instruction", f"Repeat the word '{word}' and nothing else.", word, word)
     return out
 
 

@@ -28,6 +28,7 @@ from safeseek.errors import SafeSeekError
 from safeseek.models.adapters import family_of
 from safeseek.models.geometry import in_features, is_projection, out_features
 from safeseek.training import fit, with_lora
+from safeseek.tuning.anchor import CircuitAnchor
 from safeseek.tuning.ownership import Owned, ownership
 
 MODES = ("circuit-only", "exclude-circuit")
@@ -46,6 +47,7 @@ class TuneConfig:
     batch_size: int = 8
     rank: int = 8
     seed: int = 0
+    anchor_weight: float = 0.0  # > 0: keep the circuit's activations (tuning/anchor.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -54,6 +56,13 @@ class TuneConfig:
             raise SafeSeekError(f"unknown method {self.method!r}; choose {' or '.join(METHODS)}")
         if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
             raise SafeSeekError("steps, batch size and rank must be positive")
+        if self.anchor_weight < 0:
+            raise SafeSeekError(f"the anchor weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_weight and self.mode != "exclude-circuit":
+            raise SafeSeekError(
+                "the anchor keeps a frozen circuit's function while the rest trains: "
+                "use it with --mode exclude-circuit"
+            )
 
     @property
     def learning_rate(self) -> float:
@@ -182,11 +191,16 @@ def tune(
     examples: Sequence[Encoded],
     config: TuneConfig,
     console: Console | None = None,
+    anchor: Sequence[Encoded] = (),
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune `model` on `examples` under `config.mode` around `circuit`; returns the tuned
-    plain model (LoRA merged) and a summary (trainable entries, losses)."""
+    plain model (LoRA merged) and a summary (trainable entries, losses). With
+    `config.anchor_weight`, the circuit's activations on the `anchor` examples are kept close
+    to the model's before tuning (see `safeseek.tuning.anchor`)."""
     if not examples:
         raise SafeSeekError("no training examples")
+    if bool(config.anchor_weight) != bool(anchor):
+        raise SafeSeekError("the anchor needs both anchor prompts and a positive anchor weight")
     sharded = shards_weights()
     if sharded and config.method == "lora":
         raise SafeSeekError(
@@ -209,6 +223,11 @@ def tune(
             model, circuit, config.mode, config.rank, config.seed
         )
     label = f"tune ({config.mode}, {config.method})"
+    keep = None
+    if anchor:
+        keep = CircuitAnchor(
+            target, circuit, anchor, pad_id, config.anchor_weight, config.batch_size, config.seed
+        )
     try:
         losses = fit(
             target,
@@ -222,6 +241,7 @@ def tune(
             console=console,
             sharded=sharded,
             before_step=before_step,
+            extra_loss=keep.loss if keep is not None else None,
         )
     finally:
         for handle in handles:
@@ -237,5 +257,8 @@ def tune(
         "circuit": circuit.counts(),
         "loss_first": losses[0],
         "loss_last": losses[-1],
+        "loss_tail": sum(losses[-10:]) / len(losses[-10:]),  # last steps' mean: less noisy
     }
+    if keep is not None:
+        summary |= {"anchor_first": keep.history[0], "anchor_last": keep.history[-1]}
     return tuned.eval(), summary
