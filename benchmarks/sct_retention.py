@@ -149,7 +149,7 @@ def main() -> None:
     # 1e-4 kept 88% of refusals in a normal fine-tune (seed 0), 2e-4 kept 1%: 1.4e-4 erodes
     # them by about half, where a protection can show.
     parser.add_argument("--lr", type=float, default=1.4e-4)
-    parser.add_argument("--anchor-weight", type=float, default=1.0)
+    parser.add_argument("--anchor-weight", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     arms = args.arms.split(",")

@@ -450,7 +450,9 @@ def tune(
             "activations are kept as before tuning (exclude-circuit; README, SCT)"
         ),
     ] = None,
-    anchor_weight: Annotated[float, typer.Option(help="weight of the anchor term")] = 1.0,
+    anchor_weight: Annotated[
+        float, typer.Option(help="weight of the anchor term (10: README's SCT benchmark)")
+    ] = 10.0,
 ) -> None:
     """Safety Circuit Tuning: fine-tune only the circuit, or everything except it."""
     from safeseek import Circuit

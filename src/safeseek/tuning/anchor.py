@@ -10,9 +10,10 @@ where `a_c` are the circuit's unit activations (a head's slice of the attention 
 projection's input, a neuron's input to the down projection) on anchor prompts (e.g. harmful
 requests the circuit should keep refusing), `a_c^0` the same before tuning, computed once, and
 `s_c` the mean of `a_c^0 ^ 2` over the anchor positions. Normalising each channel by its own
-scale matters: alignment circuits hold "massive activation" channels (in SmolLM2's, 10 of 914
-channels carried 99.9% of the squared activation, 98% of it at the first position), which a
-single shared scale lets drown out every other unit. See README, "Safety Circuit Tuning".
+scale matters: a circuit can hold "massive activation" channels (in SmolLM2's alignment
+circuit, 10 of 914 channels carried 99.9% of the squared activation, 98% of it at the first
+position), which a single shared scale lets drown out every other unit. See README, "Safety
+Circuit Tuning".
 """
 
 from __future__ import annotations
