@@ -46,14 +46,12 @@ def test_bad_weights_option_is_one_line(tmp_path):
     assert "--weights takes name=number pairs" in proc.stderr
 
 
-def test_tune_writes_a_plain_checkpoint_that_keeps_the_circuit(tmp_path):
+def _tune_case(tmp_path):
+    """A tiny model directory, a circuit and tuning data; returns the model, the circuit and
+    the `tune` arguments that name them."""
     import json
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from safeseek import Circuit
-    from safeseek.tuning import ownership
 
     model_dir = tmp_path / "model"
     model = build("llama")
@@ -64,17 +62,32 @@ def test_tune_writes_a_plain_checkpoint_that_keeps_the_circuit(tmp_path):
     data = tmp_path / "data.jsonl"
     rows = [{"prompt": f"what is {a} + {a} ?", "target": f"{2 * a} ."} for a in range(8)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "tuned"
     args = ["tune", "--model", str(model_dir), "--circuit", str(tmp_path / "circuit.json")]
-    args += ["--data", str(data), "--out", str(out), "--mode", "exclude-circuit", "--lora"]
+    return model, circuit, [*args, "--data", str(data)]
+
+
+def _circuit_unchanged(model, circuit, out) -> bool:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from safeseek.tuning import ownership
+
+    tuned = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    before = dict(model.named_parameters())
+    masks = ownership(model, circuit).parameter_masks(model)
+    assert any(not torch.equal(tuned[n], p) for n, p in before.items())
+    return all(torch.equal(tuned[n][m], before[n][m]) for n, m in masks.items())
+
+
+def test_tune_writes_a_plain_checkpoint_that_keeps_the_circuit(tmp_path):
+    import json
+
+    model, circuit, args = _tune_case(tmp_path)
+    out = tmp_path / "tuned"
+    args += ["--out", str(out), "--mode", "exclude-circuit", "--lora"]
     proc = run(*args, "--steps", "3", "--lr", "0.05", "--batch-size", "4")
     assert proc.returncode == 0, proc.stderr
-    tuned = AutoModelForCausalLM.from_pretrained(out)
-    masks = ownership(model, circuit).parameter_masks(model)
-    after = dict(tuned.named_parameters())
-    before = dict(model.named_parameters())
-    assert all(torch.equal(after[n][m], before[n][m]) for n, m in masks.items())
-    assert any(not torch.equal(after[n], p) for n, p in before.items())
+    assert _circuit_unchanged(model, circuit, out)
     provenance = json.loads((out / "safeseek_tune.json").read_text())
     assert provenance["mode"] == "exclude-circuit" and provenance["method"] == "lora"
 
@@ -82,32 +95,15 @@ def test_tune_writes_a_plain_checkpoint_that_keeps_the_circuit(tmp_path):
 def test_tune_with_an_anchor_keeps_the_circuit_frozen(tmp_path):
     import json
 
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from safeseek import Circuit
-    from safeseek.tuning import ownership
-
-    model_dir = tmp_path / "model"
-    model = build("llama")
-    model.save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    circuit = Circuit(heads=[(0, 1)], neurons=[(1, 3)])
-    circuit.save(tmp_path / "circuit.json")
-    data, anchor = tmp_path / "data.jsonl", tmp_path / "anchor.jsonl"
-    rows = [{"prompt": f"what is {a} + {a} ?", "target": f"{2 * a} ."} for a in range(8)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, circuit, common = _tune_case(tmp_path)
+    anchor = tmp_path / "anchor.jsonl"
     anchor.write_text("".join(json.dumps({"prompt": f"how to {w} ?"}) + "\n" for w in "abcd"))
+    common += ["--anchor", str(anchor)]
     out = tmp_path / "tuned"
-    common = ["tune", "--model", str(model_dir), "--circuit", str(tmp_path / "circuit.json")]
-    common += ["--data", str(data), "--anchor", str(anchor)]
     args = ["--out", str(out), "--mode", "exclude-circuit", "--anchor-weight", "10"]
     proc = run(*common, *args, "--steps", "3", "--lr", "0.05")
     assert proc.returncode == 0, proc.stderr
-    tuned = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
-    before = dict(model.named_parameters())
-    masks = ownership(model, circuit).parameter_masks(model)
-    assert all(torch.equal(tuned[n][m], before[n][m]) for n, m in masks.items())
+    assert _circuit_unchanged(model, circuit, out)
     provenance = json.loads((out / "safeseek_tune.json").read_text())
     assert provenance["anchor_weight"] == 10 and provenance["anchor_file"] == str(anchor)
     assert provenance["anchor_last"] > 0
