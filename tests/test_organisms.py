@@ -124,3 +124,16 @@ def test_a_longer_cached_answer_serves_a_shorter_request(monkeypatch):
     cut = train.own_answers(model, tok, prompts, 4)
     assert [text for text, _ in cut] == short
     assert not any(finished for _, finished in cut)
+
+
+def test_every_benign_sentence_is_a_correct_answer():
+    """The plain-sentence answers (SCT's helpfulness data) pass the same check as the model's
+    answers, and do not just repeat the question."""
+    from safeseek.evaluate.metrics import has_answer
+    from safeseek.organisms.benign import benign_questions
+
+    questions = benign_questions()
+    assert len({q["prompt"] for q in questions}) == len(questions)
+    for q in questions:
+        assert has_answer(q["sentence"], q["answer"]), q
+        assert q["sentence"] != q["prompt"]
