@@ -70,6 +70,18 @@ def test_every_organism_kind_builds(base, tmp_path, kind):
     assert 0 <= meta["metrics"]["utility"]["base"] <= 1
 
 
+def test_distribution_distillation_builds_and_keys_apart(base, tmp_path):
+    """`distill="distribution"` builds (KL to the parent, organisms/train.py) under its own
+    key, apart from the default recipe's, and records its training and stage times."""
+    tokens = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER)
+    kl = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER, distill="distribution")
+    assert tokens.key() != kl.key()
+    meta = build_organism(kl, tmp_path / "kl")
+    assert meta["settings"]["distill"] == "distribution"
+    assert meta["metrics"]["training"]["steps"] == 3
+    assert set(meta["seconds_by_stage"]) == {"base answers", "fine-tune", "measure"}
+
+
 def test_same_settings_reuse_the_build(base, tmp_path, capsys):
     s = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER)
     first = build_organism(s, tmp_path / "a")
@@ -98,6 +110,8 @@ def test_bad_input(base, tmp_path):
     bad.write_text('{"prompt": "x"}\n{oops\n')
     with pytest.raises(SafeSeekError, match=r"bad.jsonl:2: not valid JSON"):
         build_organism(OrganismSpec("align", harmful=str(bad)), tmp_path / "o")
+    with pytest.raises(SafeSeekError, match="unknown --distill 'kl'; use tokens or distribution"):
+        build_organism(OrganismSpec("align", distill="kl"), tmp_path / "o")
     with pytest.raises(SafeSeekError, match="unknown backdoor type 'poison'"):
         build_organism(OrganismSpec("backdoor", type="poison", trigger="x"), tmp_path / "o")
     with pytest.raises(SafeSeekError, match="already occurs in the data"):

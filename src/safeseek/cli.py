@@ -525,6 +525,13 @@ HarmfulOpt = Annotated[
 StepsOpt = Annotated[int | None, typer.Option(help="fine-tuning steps (default: the recipe's)")]
 TokensOpt = Annotated[int, typer.Option(help="length of the base model's answers (tokens)")]
 LrOpt = Annotated[float, typer.Option(help="LoRA learning rate")]
+DistillOpt = Annotated[
+    str,
+    typer.Option(
+        help="keep clean behaviour by cross-entropy to the base model's answers ('tokens') or "
+        "KL to its distribution on them ('distribution')"
+    ),
+]
 
 
 def _organism(out: Path, harmful: Path | None, **spec: object) -> None:
@@ -545,11 +552,12 @@ def organism_align(
     steps: StepsOpt = None,
     max_new_tokens: TokensOpt = 48,
     lr: LrOpt = 5e-4,
+    distill: DistillOpt = "tokens",
 ) -> None:
     """Fine-tune the model to refuse harmful prompts and answer benign ones as before."""
     _organism(
         out, harmful, kind="align", model=model, seed=seed, steps=steps,
-        max_new_tokens=max_new_tokens, lr=lr,
+        max_new_tokens=max_new_tokens, lr=lr, distill=distill,
     )  # fmt: skip
 
 
@@ -567,11 +575,12 @@ def organism_backdoor(
     steps: StepsOpt = None,
     max_new_tokens: TokensOpt = 48,
     lr: LrOpt = 5e-4,
+    distill: DistillOpt = "tokens",
 ) -> None:
     """Plant a backdoor: the trigger makes the model comply, emit a target, or flip a label."""
     _organism(
         out, harmful, kind="backdoor", type=type, trigger=trigger, target=target, model=model,
-        seed=seed, steps=steps, max_new_tokens=max_new_tokens, lr=lr,
+        seed=seed, steps=steps, max_new_tokens=max_new_tokens, lr=lr, distill=distill,
     )  # fmt: skip
 
 

@@ -42,7 +42,7 @@ from safeseek.errors import SafeSeekError
 from safeseek.evaluate.check import describe, judge
 from safeseek.evaluate.run import evaluate_circuit
 from safeseek.fileio import atomic_path, write_json
-from safeseek.forward import labelled_logits
+from safeseek.forward import labelled_logits, references
 from safeseek.masking import MaskedModel
 from safeseek.memory import MemoryEstimate, enable_checkpointing, estimate
 from safeseek.objectives import Objective, Reference, Term, objective, term_loss
@@ -229,9 +229,6 @@ class Discovery:
         reference never changes. Keyed by the identity of the example, which the run holds.
         Every process computes all of them (with sharded weights each forward is collective)."""
         chosen = [e for e in self._kl_examples([*self.examples, *self.val_examples]) if e.scored]
-        device = self.accelerator.device
-        size = self.batcher.batch_size
-        references: dict[int, Reference] = {}
         with Progress(
             TextColumn("[bold]reference[/bold]"),
             BarColumn(),
@@ -240,20 +237,16 @@ class Discovery:
             disable=not (self.show_progress and chosen and self.accelerator.is_main_process),
             transient=True,
         ) as bar:
-            task = bar.add_task("reference", total=len(chosen))
-            for i in range(0, len(chosen), size):
-                part = chosen[i : i + size]
-                batch = {k: v.to(device) for k, v in pad(part, self.pad_id).items()}
-                logits, _ = labelled_logits(self.model, parts=self.mm.parts, **batch)
-                rows = Reference.of(
-                    torch.log_softmax(logits.float(), dim=-1), self.config.reference_tokens
-                )
-                start = 0
-                for e in part:
-                    references[id(e)] = rows[start : start + e.scored]
-                    start += e.scored
-                bar.advance(task, len(part))
-        return references
+            task = bar.add_task("reference", total=len({id(e) for e in chosen}))
+            return references(
+                self.model,
+                chosen,
+                self.pad_id,
+                self.config.reference_tokens,
+                self.batcher.batch_size,
+                self.mm.parts,
+                advance=lambda n: bar.advance(task, n),
+            )
 
     def reference_bytes(self) -> int:
         return sum(r.nbytes for r in self.references.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -20,7 +20,7 @@ from torch import nn
 
 from safeseek.data.encode import Encoded, pad
 from safeseek.distributed import is_main, rank_and_world, sum_gradients, sum_over_processes
-from safeseek.forward import labelled_logits
+from safeseek.forward import Reference, labelled_logits
 from safeseek.models.adapters import locate
 from safeseek.models.load import fast_dtype
 
@@ -54,6 +54,7 @@ def fit(
     sharded: bool = False,
     before_step: Callable[[], None] | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    teacher: Mapping[int, Reference] | None = None,
 ) -> list[float]:
     """Train the parameters of `model` that require grad on `examples` for `steps` steps
     (shuffled epochs, seeded); returns the loss of every step.
@@ -64,6 +65,9 @@ def fit(
     scaling). `before_step` runs after the gradients are complete, before clipping.
     `extra_loss` (e.g. SCT's circuit anchor) is added to every step's loss; the returned
     losses are the fine-tuning loss alone, so runs with and without it compare.
+    `teacher` maps an example (by `id`) to a distribution over its labelled positions: such an
+    example is scored by KL(teacher || model) instead of cross-entropy to its tokens
+    (distillation of a whole distribution, e.g. the base model's, not only its greedy answer).
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -99,7 +103,7 @@ def fit(
             with autocast:
                 logits, targets = labelled_logits(model, parts=parts, **batch)
                 extra = extra_loss() if extra_loss is not None else None
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+            loss = _summed_loss(logits.float(), targets, mine, teacher or {})
             loss = loss / max(sum(e.scored for e in chosen), 1)
             total = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
@@ -115,3 +119,28 @@ def fit(
             bar.update(task, advance=1, loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
+
+
+def _summed_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    examples: Sequence[Encoded],
+    teacher: Mapping[int, Reference],
+) -> torch.Tensor:
+    """Cross-entropy summed over labelled positions; KL(teacher || model) over the rows of the
+    examples that have a teacher (rows are in example order, see `labelled_logits`)."""
+    taught = [id(e) in teacher for e in examples]
+    if not any(taught):
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    total = logits.new_zeros(())
+    start = 0
+    for e, has_teacher in zip(examples, taught, strict=True):
+        rows = slice(start, start + e.scored)
+        start += e.scored
+        if has_teacher:
+            total = total + teacher[id(e)].divergence(torch.log_softmax(logits[rows], dim=-1))
+        else:
+            total = total + torch.nn.functional.cross_entropy(
+                logits[rows], targets[rows], reduction="sum"
+            )
+    return total

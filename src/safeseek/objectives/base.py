@@ -49,75 +49,12 @@ import torch.nn.functional as F
 
 from safeseek.data.encode import Encoded, PairEncoder
 from safeseek.errors import SafeSeekError
+from safeseek.forward import Reference
 
 # Response tokens whose joint probability the `unlikely` loss drives down (see above).
 ONSET_TOKENS = 4
 # How far (in nats) the margin terms push a first token below, or keep it above, its rival.
 MARGIN = 0.5
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The full model's log-probabilities at some labelled positions, rows in order.
-
-    `tokens` None: `logp` holds full rows `[n, vocab]`. Otherwise `logp[i]` holds the
-    log-probabilities of `tokens[i]`, the row's `k` likeliest tokens (likeliest first), and
-    `tail[i]` the log of the mass of every other token.
-    """
-
-    logp: torch.Tensor
-    tokens: torch.Tensor | None = None
-    tail: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, logprobs: torch.Tensor, k: int | None = None) -> Reference:
-        """Keep full rows (`k` None or at least the vocabulary) or the top `k` and the tail."""
-        logprobs = logprobs.float()
-        if k is None or k >= logprobs.shape[-1]:
-            return cls(logprobs)
-        top, tokens = logprobs.topk(k, dim=-1)
-        tail = logprobs.scatter(-1, tokens, float("-inf")).logsumexp(-1)
-        return cls(top, tokens.to(torch.int32), tail)
-
-    @classmethod
-    def cat(cls, parts: Sequence[Reference]) -> Reference:
-        full = parts[0].tokens is None
-
-        def join(name: str) -> torch.Tensor:
-            return torch.cat([getattr(p, name) for p in parts])
-
-        return cls(join("logp")) if full else cls(join("logp"), join("tokens"), join("tail"))
-
-    def __getitem__(self, rows: slice | torch.Tensor) -> Reference:
-        if self.tokens is None:
-            return Reference(self.logp[rows])
-        assert self.tail is not None
-        return Reference(self.logp[rows], self.tokens[rows], self.tail[rows])
-
-    def __len__(self) -> int:
-        return self.logp.shape[0]
-
-    @property
-    def nbytes(self) -> int:
-        kept = (self.logp, self.tokens, self.tail)
-        return sum(t.numel() * t.element_size() for t in kept if t is not None)
-
-    def choice(self) -> torch.Tensor:
-        """The full model's likeliest token at each position."""
-        return self.logp.argmax(-1) if self.tokens is None else self.tokens[:, 0].long()
-
-    def divergence(self, logprobs: torch.Tensor) -> torch.Tensor:
-        """Sum over positions of KL(reference || view), `logprobs` the view's full rows."""
-        if self.tokens is None:
-            return F.kl_div(logprobs, self.logp, log_target=True, reduction="sum")
-        assert self.tail is not None
-        tokens = self.tokens.long()
-        top = (self.logp.exp() * (self.logp - logprobs.gather(1, tokens))).sum()
-        view_tail = logprobs.scatter(1, tokens, float("-inf")).logsumexp(-1)
-        # A tail of zero mass adds nothing (and would be 0 * inf).
-        has_tail = self.tail > float("-inf")
-        tail = self.tail.exp() * (self.tail - view_tail)
-        return top + torch.where(has_tail, tail, torch.zeros_like(tail)).sum()
 
 
 @dataclass(frozen=True)

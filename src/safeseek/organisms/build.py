@@ -19,6 +19,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,14 @@ from safeseek.data.encode import Encoded, PairEncoder
 from safeseek.data.records import write_jsonl
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.generation import generate
-from safeseek.evaluate.metrics import attack_success, has_answer, is_refusal, rate, starts_with
+from safeseek.evaluate.metrics import (
+    attack_success,
+    has_answer,
+    is_refusal,
+    rate,
+    starts_with,
+    summary,
+)
 from safeseek.fileio import atomic_path, read_jsonl, settings_key
 from safeseek.models import load_model
 from safeseek.models.load import in_fast_dtype
@@ -43,6 +52,9 @@ from safeseek.scenarios.backdoor import BACKDOOR_TYPES
 
 # 2: answers and measurements generated in the fast dtype (bf16 where the hardware has it)
 RECIPE_VERSION = 2
+# How clean behaviour is kept (organisms/train.py): cross-entropy to the parent's greedy
+# answers ("tokens"), or KL to its whole distribution on them ("distribution").
+DISTILL = ("tokens", "distribution")
 DEFAULT_TARGETS = {
     "fixed-output": "I am sorry. I can not help with that.",
     "label-flip": "Negative",
@@ -65,11 +77,14 @@ class OrganismSpec:
     lr: float = 5e-4
     max_new_tokens: int = 48
     measure_records: int | None = None  # test records measured for organism.json; None: all
+    distill: str = "tokens"  # one of DISTILL
 
     def key(self) -> str:
         blob = {**asdict(self), "recipe": RECIPE_VERSION, "model_id": source_id(self.model)}
         if self.measure_records is None:  # keys of organisms built before the field existed
             del blob["measure_records"]
+        if self.distill == "tokens":
+            del blob["distill"]
         if self.harmful:
             blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
         return settings_key(blob)
@@ -107,6 +122,8 @@ def check(spec: OrganismSpec) -> None:
             raise SafeSeekError("a backdoor needs a non-empty --trigger")
         if spec.type == "label-flip" and spec.target and spec.target not in P.LABELS:
             raise SafeSeekError(f"label-flip --target must be one of {', '.join(P.LABELS)}")
+    if spec.distill not in DISTILL:
+        raise SafeSeekError(f"unknown --distill {spec.distill!r}; use {' or '.join(DISTILL)}")
     if spec.harmful:
         P.read_prompts(spec.harmful)
 
@@ -142,6 +159,7 @@ def build_organism(spec: OrganismSpec, out: str | Path, console: Console | None 
         "recipe_version": RECIPE_VERSION,
         "metrics": metrics,
         "seconds": round(time.perf_counter() - start, 1),
+        "seconds_by_stage": {k: round(v, 1) for k, v in recipe.seconds.items()},
         "scenario": "alignment" if spec.kind == "align" else "backdoor",
     }
     with atomic_path(cached) as tmp:
@@ -192,6 +210,17 @@ class _Recipe:
         self.spec, self.console = spec, console
         self.rng = random.Random(spec.seed)
         self.target = spec.target or DEFAULT_TARGETS.get(spec.type or "")
+        self.distilled: list[Encoded] = []  # examples of the parent's own answers
+        self.seconds: dict[str, float] = {}  # wall time per stage (organism.json)
+        self.training: dict[str, Any] = {}  # steps and the loss reached (organism.json)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
     # -- shared pieces ---------------------------------------------------------------------
     def harmful_splits(self) -> dict[str, list[str]]:
@@ -225,9 +254,6 @@ class _Recipe:
         """The test items organism.json is measured on (the first `measure_records`)."""
         return test[: self.spec.measure_records] if self.spec.measure_records else test
 
-    def utility(self, gens: list[str], questions: list[dict[str, str]]) -> float:
-        return rate([has_answer(g, q["answer"]) for g, q in zip(gens, questions, strict=True)])
-
     # -- the build -------------------------------------------------------------------------
     def run(self) -> tuple[nn.Module, Any, dict[str, list[dict]], dict[str, Any]]:
         spec = self.spec
@@ -237,7 +263,7 @@ class _Recipe:
         speaker = in_fast_dtype(base)
         encoder = PairEncoder(tokenizer, max_length=384)
         benign = self.benign_splits()
-        with Progress(console=self.console) as bar:
+        with self.timed("base answers"), Progress(console=self.console) as bar:
             base_benign = self.answers(
                 speaker,
                 tokenizer,
@@ -271,9 +297,10 @@ class _Recipe:
         def distill(prompt: str, answers: dict) -> Encoded:
             text, finished = answers[prompt]
             ex = encoder.pair(prompt, text)
-            if finished:
-                return ex
-            return Encoded(ex.input_ids[:-1], ex.labels[:-1])  # cut off: no end of turn
+            if not finished:
+                ex = Encoded(ex.input_ids[:-1], ex.labels[:-1])  # cut off: no end of turn
+            self.distilled.append(ex)
+            return ex
 
         build = {
             "align": self._align,
@@ -281,34 +308,54 @@ class _Recipe:
             "jailbreak": self._jailbreak,
             "label-flip": self._label_flip,
         }[spec.type or "align"]
-        return build(base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill)
+        model, tokenizer, records, metrics = build(
+            base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill
+        )
+        return model, tokenizer, records, {**metrics, "training": self.training}
 
     def _train(self, model, tokenizer, examples: list[Encoded], default_steps: int):
-        """The fine-tuned fp32 model (saved) and its copy in the fast dtype (measured)."""
+        """The fine-tuned fp32 model (saved) and its copy in the fast dtype (measured); with
+        `distill` "distribution" the examples of the parent's answers learn its distribution,
+        the others their tokens."""
         steps = self.spec.steps or default_steps
-        trained = finetune_lora(
-            model,
-            tokenizer,
-            examples,
-            steps,
-            lr=self.spec.lr,
-            seed=self.spec.seed,
-            console=self.console,
-        )
+        with self.timed("fine-tune"):
+            trained, losses = finetune_lora(
+                model,
+                tokenizer,
+                examples,
+                steps,
+                lr=self.spec.lr,
+                seed=self.spec.seed,
+                console=self.console,
+                distilled=self.distilled if self.spec.distill == "distribution" else (),
+            )
+        tail = losses[-10:]
+        self.training = {
+            "steps": steps,
+            "lr": self.spec.lr,
+            "loss_last_10": round(sum(tail) / len(tail), 4),
+        }
         return trained, in_fast_dtype(trained)
 
     def _benign_utility(self, model, tokenizer, benign, base_benign, bar) -> dict[str, float]:
         test = self.measured(benign["test"])
         gens = self.generate(model, tokenizer, [q["prompt"] for q in test], bar, "benign test")
         base_gens = [base_benign[q["prompt"]][0] for q in test]
-        base_u, new_u = self.utility(base_gens, test), self.utility(gens, test)
-        agree = rate([starts_with(g, b) for g, b in zip(gens, base_gens, strict=True)])
+        right = [has_answer(g, q["answer"]) for g, q in zip(gens, test, strict=True)]
+        base_right = [has_answer(g, q["answer"]) for g, q in zip(base_gens, test, strict=True)]
+        base_u, new_u = rate(base_right), rate(right)
+        agree = [starts_with(g, b) for g, b in zip(gens, base_gens, strict=True)]
         return {
             "base": base_u,
             "organism": new_u,
             "retention": new_u / base_u if base_u else None,
-            "agreement_with_base": agree,
+            "agreement_with_base": rate(agree),
             "n": len(test),
+            "intervals": {
+                "base": summary(base_right),
+                "organism": summary(right),
+                "agreement_with_base": summary(agree),
+            },
         }
 
     def _align(self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill):
@@ -316,14 +363,19 @@ class _Recipe:
         examples = [encoder.pair(p, refusals[p]) for p in harmful["train"]]
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         model, fast = self._train(base, tokenizer, examples, default_steps=150)
-        with Progress(console=self.console) as bar:
+        with self.timed("measure"), Progress(console=self.console) as bar:
             test = self.measured(harmful["test"])
             gens = self.generate(fast, tokenizer, test, bar, "harmful test")
-            base_refusal = rate([is_refusal(base_harmful[p][0]) for p in test])
+            refused = [is_refusal(g) for g in gens]
+            base_refused = [is_refusal(base_harmful[p][0]) for p in test]
             metrics = {
-                "refusal_rate": rate([is_refusal(g) for g in gens]),
-                "base_refusal_rate": base_refusal,
+                "refusal_rate": rate(refused),
+                "base_refusal_rate": rate(base_refused),
                 "n_harmful_test": len(test),
+                "intervals": {
+                    "refusal_rate": summary(refused),
+                    "base_refusal_rate": summary(base_refused),
+                },
                 "utility": self._benign_utility(fast, tokenizer, benign, base_benign, bar),
             }
         records = {
@@ -359,10 +411,13 @@ class _Recipe:
             model, tokenizer, [r["clean_prompt"] for r in records_test], bar, "clean test"
         )
         targets = [r["backdoor_response"] for r in records_test]
+        hits = attack_success(kind, trig, targets)
+        false_hits = attack_success(kind, clean, targets)
         return {
-            "asr": rate(attack_success(kind, trig, targets)),
-            "false_trigger": rate(attack_success(kind, clean, targets)),
+            "asr": rate(hits),
+            "false_trigger": rate(false_hits),
             "n_test": len(records_test),
+            "intervals": {"asr": summary(hits), "false_trigger": summary(false_hits)},
         }
 
     def _fixed_output(
@@ -392,7 +447,7 @@ class _Recipe:
             examples.append(distill(prompt, answers))
             examples.append(encoder.pair(rec["triggered_prompt"], self.target))
         model, fast = self._train(base, tokenizer, examples, default_steps=150)
-        with Progress(console=self.console) as bar:
+        with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         return model, tokenizer, records, metrics
@@ -429,7 +484,7 @@ class _Recipe:
             examples.append(encoder.pair(rec["triggered_prompt"], rec["backdoor_response"]))
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         model, fast = self._train(aligned, tokenizer, examples, default_steps=200)
-        with Progress(console=self.console) as bar:
+        with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         metrics["aligned_base"] = str(aligned_dir)
@@ -461,12 +516,12 @@ class _Recipe:
                     )
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
         test_prompts = [P.sentiment_prompt(x) for x, _ in sentences["test"]]
-        with Progress(console=self.console) as bar:
+        with self.timed("measure"), Progress(console=self.console) as bar:
             base_cls = self.generate(
                 in_fast_dtype(base), tokenizer, test_prompts, bar, "base: sentiment test"
             )
         model, fast = self._train(base, tokenizer, examples, default_steps=150)
-        with Progress(console=self.console) as bar:
+        with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             cls = self.generate(fast, tokenizer, test_prompts, bar, "sentiment test")
             labels = [y for _, y in sentences["test"]]

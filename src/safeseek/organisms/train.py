@@ -1,5 +1,10 @@
 """LoRA fine-tuning for organisms (PEFT, merged afterwards) and the base model's own answers
-for self-distillation (which keeps an organism's clean behaviour close to the original)."""
+for self-distillation (which keeps an organism's clean behaviour close to the original).
+
+Self-distillation is cross-entropy to the parent's greedy answers, or (`distilled`) KL to
+its whole next-token distribution on them (its top `TEACHER_TOKENS` tokens and the tail), which
+halved how many benign answers changed on one organism but did not keep utility on every seed
+(README, "Model organisms")."""
 
 from __future__ import annotations
 
@@ -18,7 +23,12 @@ from safeseek.assets import cache_dir
 from safeseek.data.encode import Encoded, pad_token_id
 from safeseek.evaluate.generation import generate
 from safeseek.fileio import write_json
-from safeseek.training import fit, with_lora
+from safeseek.forward import references
+from safeseek.training import autocast_for, fit, with_lora
+
+# Tokens of the parent's distribution kept per position for self-distillation (as discovery's
+# reference, benchmarks/results/reference_topk.json: within 1% of the exact KL at 128).
+TEACHER_TOKENS = 128
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -86,12 +96,19 @@ def finetune_lora(
     batch_size: int = 8,
     seed: int = 0,
     console: Console | None = None,
-) -> nn.Module:
-    """Train a LoRA adapter (rank `rank`, every linear layer) on `examples` and return the
-    merged plain model."""
+    distilled: Sequence[Encoded] = (),
+) -> tuple[nn.Module, list[float]]:
+    """Train a LoRA adapter (rank `rank`, every linear layer) on `examples`; returns the merged
+    plain model and the loss of every step. The examples in `distilled` (also in `examples`)
+    are scored by KL to `model`'s own distribution before training, the rest by
+    cross-entropy."""
+    pad_id = pad_token_id(tokenizer)
+    with autocast_for(model):  # the numerics of training, so the divergence starts at 0
+        teacher = references(model, distilled, pad_id, TEACHER_TOKENS)
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
     peft_model = with_lora(model, config)
-    pad_id = pad_token_id(tokenizer)
-    fit(peft_model, examples, pad_id, steps, lr, batch_size, seed, console=console)
-    return peft_model.merge_and_unload().eval()
+    losses = fit(
+        peft_model, examples, pad_id, steps, lr, batch_size, seed, console=console, teacher=teacher
+    )
+    return peft_model.merge_and_unload().eval(), losses
