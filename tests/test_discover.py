@@ -362,6 +362,43 @@ def test_rounds_after_a_failed_check_reweigh_and_the_best_round_is_kept(organism
     assert torch.equal(again.mm.masks["head"].hard(), second)
 
 
+def test_a_run_stops_once_its_circuit_settles_not_before(organism, tmp_path):
+    """Planted checks: an early best (before the circuit's units joined and left) does not
+    stop a run whose circuit is still shrinking; a plateau after a later best does, once
+    `patience` checks brought nothing, the circuit's size has settled and `min_steps` have
+    run; and a resumed run remembers the sizes of its round's checks."""
+    _, model, tok = organism
+    recs = [validate(r, "backdoor", "t") for r in records(120, 3)]
+    config = DiscoverConfig("backdoor", check_every=5, patience=3, min_steps=20)
+    run = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False)
+    # early best, the jump when many units join, the descent, a new best, then a plateau
+    losses = [5.7, 46.3, 34.3, 24.3, 17.5, 11.4, 4.1, 4.6, 4.3, 4.2, 4.0]
+    sizes = [10, 200, 150, 100, 60, 40, 30, 28, 25, 27, 26]
+    planted = iter(losses)
+    run.validation_loss = lambda: next(planted)
+    neurons = run.mm.masks["neuron"].logits
+    run.mm.masks["head"].logits.data.fill_(-2.0)
+    stopped = []
+    for i, size in enumerate(sizes):
+        with torch.no_grad():
+            neurons.fill_(-2.0)
+            neurons.view(-1)[:size] = 2.0
+        run.step = 5 * (i + 1)
+        run.check()
+        stopped.append(run.stopped)
+        if run.stopped:
+            break
+    # At step 20 the three checks since the early best brought nothing, but the circuit went
+    # 10 -> 200 -> 100 units: still settling. After the best at step 35 (30 units) the sizes
+    # stay within 25-30 and the third check without progress stops the run.
+    assert stopped == [False] * 9 + [True]
+    assert run.best["step"] == 35 and run.best["loss"] == 4.1
+    run.save_checkpoint()
+    again = Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False)
+    assert again.load_checkpoint()
+    assert again.sizes == sizes[:10] and again.stale_checks == 3 and again.stopped
+
+
 def test_non_finite_loss_stops_with_a_message():
     broken, tok = train(seed=0, clean_steps=1, poison_steps=0)
     with torch.no_grad():

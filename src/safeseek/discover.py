@@ -48,7 +48,7 @@ from safeseek.memory import MemoryEstimate, enable_checkpointing, estimate
 from safeseek.objectives import Objective, Reference, Term, objective, term_loss
 from safeseek.settings import DiscoverConfig
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -177,6 +177,7 @@ class Discovery:
         self.selecting = bool(self.val_examples) and config.targets[0] is None
         self.best: dict[str, Any] | None = None  # loss, step, logits of the best check
         self.stale_checks = 0
+        self.sizes: list[int] = []  # this round's circuit size at each check
         self.stopped = False  # this round stopped improving
         # A round ends after `steps` steps or when it stops improving. A circuit that fails
         # its check starts another round: one that only adds units, with a lower sparsity
@@ -348,8 +349,12 @@ class Discovery:
 
     def check(self) -> dict[str, Any]:
         """Measure the current circuit on the validation split, keep it if it is the best so
-        far, and decide whether the run has stopped improving."""
+        far, and decide whether the run has stopped improving: the last `patience` checks found
+        no better circuit, and the circuit's size has settled. The second condition keeps a run
+        going while many units still join or leave: an early circuit, found before they joined
+        and left, may stay the best for a while although the run is far from done."""
         loss = self.validation_loss()
+        self.sizes.append(sum(int(m.hard().sum()) for m in self.mm.masks.values()))
         improved = self.best is None or loss < self.best["loss"] - MIN_IMPROVEMENT
         if improved:
             logits = {g: m.logits.detach().clone() for g, m in self.mm.masks.items()}
@@ -363,6 +368,7 @@ class Discovery:
             and patience is not None
             and self.step >= self.config.min_steps
             and self.stale_checks >= patience
+            and _settled(self.sizes, patience)
         ):
             self.stopped = True
         assert self.best is not None
@@ -418,6 +424,7 @@ class Discovery:
             self.round_start = self.step
             self.sparsity.weight = self._round_weight()
             self.best, self.stale_checks, self.stopped = None, 0, False
+            self.sizes = []
             # Growing keeps the units found (on tiny organisms, rounds free to drop them traded
             # the removal for utility and back); a guarded round may drop the units that cost
             # utility. Units outside start again from the initial logit at most: a high
@@ -519,6 +526,7 @@ class Discovery:
             "step": self.step,
             "stopped": self.stopped,
             "stale_checks": self.stale_checks,
+            "sizes": self.sizes,
             "round": self.round,
             "grown": self.grown,
             "guarded": self.guarded,
@@ -582,6 +590,7 @@ class Discovery:
         self.step = int(meta["step"])
         self.stopped = bool(meta.get("stopped", False))
         self.stale_checks = int(meta.get("stale_checks", 0))
+        self.sizes = [int(x) for x in meta.get("sizes", [])]
         self.round = int(meta.get("round", 0))
         self.grown = int(meta.get("grown", 0))
         self.guarded = int(meta.get("guarded", 0))
@@ -787,6 +796,17 @@ def _rank(verdict: dict[str, Any]) -> tuple:
     ok = (verdict["passed"], verdict["removal_ok"], verdict.get("utility_ok", True))
     return (*ok, verdict.get(measure) or 0.0)
 
+
+def _settled(sizes: list[int], patience: int) -> bool:
+    """The circuit's size stayed within a factor SETTLED_RATIO over the last `patience`
+    checks and the one before them."""
+    window = sizes[-patience - 1 :]
+    return max(window) <= SETTLED_RATIO * max(min(window), 1)
+
+
+# Sizes within this factor count as one settled circuit: late in a run, units at the boundary
+# join and leave (20-26 units at the end of a run on the demo's fixed-output organism).
+SETTLED_RATIO = 1.5
 
 # A check must lower the validation objective by more than this to count as progress.
 MIN_IMPROVEMENT = 1e-3

@@ -51,7 +51,8 @@ class DiscoverConfig:
     # Held-out records (this share of each record kind, at most `validation_max` per kind, the
     # same split for every seed) on which the binarised circuit's objective is measured every
     # `check_every` steps; the run keeps the best circuit seen, not the last one, and stops
-    # once `patience` checks in a row brought no improvement (not before `min_steps`).
+    # once `patience` checks in a row brought no improvement and the circuit's size has settled
+    # (not before `min_steps`; see `Discovery.check`).
     # validation_fraction 0: no split, the last circuit is kept and every step runs. 48, not
     # 24: a utility made of many small skills (the tiny organism's 25 letters) needs the
     # held-out records to see most of them, or the check passes circuits that break the rest.
