@@ -278,11 +278,16 @@ def test_a_circuit_that_does_not_carry_the_behaviour_says_so(organism, tmp_path)
         "--dtype",
         "float32",
     ]
-    proc = _cli(*common, "--out", str(tmp_path / "lenient"))
+    cadence = ["--check-every", "4", "--min-steps", "8"]
+    proc = _cli(*common, *cadence, "--out", str(tmp_path / "lenient"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("CHECK FAILED")]
     assert len(failed) == 1 and "0% removed" in failed[0], proc.stderr
     meta = json.loads((tmp_path / "lenient" / "circuit.json").read_text())["metadata"]
+    assert (meta["settings"]["check_every"], meta["settings"]["min_steps"]) == (4, 8)
+    log = (tmp_path / "lenient" / "log.jsonl").read_text().splitlines()
+    checked = [e["step"] for e in map(json.loads, log) if "validation" in e]
+    assert checked[:2] == [4, 8]
     assert meta["check"]["passed"] is False and meta["check"]["removed"] == 0
     proc = _cli(*common, "--out", str(tmp_path / "strict"), "--strict")
     assert proc.returncode == 3, proc.stderr[-2000:]
@@ -426,6 +431,9 @@ def test_non_finite_loss_stops_with_a_message():
         (None, ["--reference-tokens", "-2"], "reference tokens must be at least 1"),
         (None, ["--sizes", "1%,a"], "--sizes takes fractions or percentages"),
         (None, ["--sizes", "0.1%,150%"], "sizes are fractions of units in (0, 1)"),
+        (None, ["--check-every", "0"], "check every must be at least 1 (got 0)"),
+        (None, ["--min-steps", "-1"], "min steps must be >= 0 (got -1)"),
+        (None, ["--patience", "-2"], "patience must be at least 1 (got -2; --patience 0 never"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(organism, tmp_path, content, extra, message):

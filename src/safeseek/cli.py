@@ -191,8 +191,16 @@ def discover(
         int, typer.Option(help="rounds that grow a circuit failing its check")
     ] = _D.retries,
     patience: Annotated[
-        int, typer.Option(help="checks without a better circuit before a round stops (0: never)")
+        int,
+        typer.Option(
+            help="checks without a better circuit, its size settled, before a round stops "
+            "(0: never)"
+        ),
     ] = _D.patience or 0,
+    check_every: Annotated[
+        int, typer.Option(help="steps between checks of the circuit on the held-out records")
+    ] = _D.check_every,
+    min_steps: Annotated[int, typer.Option(help="steps before a round may stop")] = _D.min_steps,
     strict: Annotated[
         bool, typer.Option(help=f"exit with status {CHECK_FAILED} when the circuit fails its check")
     ] = False,
@@ -251,6 +259,8 @@ def discover(
         min_utility=min_utility,
         retries=retries,
         patience=patience or None,
+        check_every=check_every,
+        min_steps=min_steps,
     )
     lm, tok = _load_for(model, dtype, adapter)
     circuits, fractions, failed, main = {}, {}, False, True

@@ -112,6 +112,12 @@ class DiscoverConfig:
                 f"validation fraction must be in [0, 1) (got {self.validation_fraction})",
             ),
             (self.check_every < 1, f"check every must be at least 1 (got {self.check_every})"),
+            (self.min_steps < 0, f"min steps must be >= 0 (got {self.min_steps})"),
+            (
+                self.patience is not None and self.patience < 1,
+                f"patience must be at least 1 (got {self.patience}; --patience 0 never stops "
+                "early)",
+            ),
             (self.retries < 0, f"retries must be >= 0 (got {self.retries})"),
             (
                 not 0 < self.retry_factor <= 1,
