@@ -19,6 +19,7 @@ from safeseek import Circuit, SafeSeekError
 from safeseek.data.encode import chat_prompt
 from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery, discover
+from safeseek.evaluate.check import describe, judge
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.run import evaluate_circuit
 
@@ -166,6 +167,50 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
         assert forced["without"]["triggered"] < forced["full"]["triggered"] / 2, forced
     gens = eval_path.with_suffix(".generations.jsonl").read_text().splitlines()
     assert len(gens) == 60 * 3 + 60 * 2
+    # The answers behind utility kept, counted again from the generations themselves.
+    rows = [json.loads(line) for line in gens]
+    right = {
+        v: {r["i"]: r["correct"] for r in rows if r["set"] == "utility" and r["view"] == v}
+        for v in ("full", "without")
+    }
+    full, without = right["full"], right["without"]
+    assert ev["utility_changes"] == {
+        "right": sum(full.values()),
+        "lost": sum(full[i] and not without[i] for i in full),
+        "gained": sum(without[i] and not full[i] for i in full),
+    }
+    assert meta["check"]["utility_changes"]["right"] <= meta["check"]["n_utility"]
+
+
+@pytest.mark.parametrize(
+    "right, lost, gained, expected",
+    [
+        # 15 right answers: one lost moves utility kept by 7 points, below 95%.
+        (15, 2, 0, "2 of 15 right answers lost) on 35 held-out records; removing it costs"),
+        (15, 1, 1, "check passed: attack success 100% -> 0% without the circuit"),
+        # 40 right answers: two may be lost at 95%, so no warning.
+        (40, 2, 0, "2 of 40 right answers lost) on 35"),
+    ],
+    ids=["15 right, 2 lost", "15 right, 1 lost, 1 gained", "40 right, 2 lost"],
+)
+def test_the_check_says_how_many_answers_its_utility_rests_on(right, lost, gained, expected):
+    n = 35
+    ev = {
+        "asr": {"full": 1.0, "without": 0.0, "only": 0.0},
+        "utility": {"retention": (right - lost + gained) / right},
+        "utility_changes": {"right": right, "lost": lost, "gained": gained},
+        "n": n,
+        "n_utility": n,
+    }
+    verdict = judge(ev, DiscoverConfig("backdoor"))
+    line = describe(verdict)
+    assert expected in line
+    assert verdict["passed"] == (lost - gained <= 0.05 * right)
+    assert ("gained" in line) == (gained > 0)
+    assert ("coarse measure: one lost answer moves utility kept by 7%" in line) == (right == 15)
+    # Checks written before the counts existed still read.
+    del verdict["utility_changes"]
+    assert "right answers" not in describe(verdict)
 
 
 def _discover_args(root) -> list[str]:

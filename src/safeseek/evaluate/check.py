@@ -31,6 +31,7 @@ def judge(ev: dict[str, Any], config: DiscoverConfig) -> dict[str, Any]:
         "utility_kept": None if kept is None else round(kept, 4),
         "n": ev["n"],
         "n_utility": ev.get("n_utility", 0),
+        "utility_changes": ev.get("utility_changes"),
         "removal_ok": removal_ok,
         "utility_ok": utility_ok,
         "passed": removal_ok and utility_ok,
@@ -48,13 +49,14 @@ def describe(verdict: dict[str, Any]) -> str:
             f"records, so nothing shows that the circuit carries it"
         )
     kept = verdict["utility_kept"]
-    utility = "" if kept is None else f", utility kept {kept:.0%}"
+    utility = "" if kept is None else f", utility kept {kept:.0%}{_answers(verdict)}"
     numbers = (
         f"{name} {b['full']:.0%} -> {b['without']:.0%} without the circuit "
         f"({verdict['removed']:.0%} removed{utility}) on {verdict['n']} held-out records"
     )
+    coarse = _coarse(verdict)
     if verdict["passed"]:
-        return f"check passed: {numbers}"
+        return f"check passed: {numbers}{coarse}"
     t = verdict["thresholds"]
     why = (
         "removing it costs too much utility"
@@ -63,5 +65,28 @@ def describe(verdict: dict[str, Any]) -> str:
     )
     return (
         f"CHECK FAILED: {numbers}; {why} "
-        f"(needs >= {t['removal']:.0%} removed and >= {t['utility']:.0%} utility kept)"
+        f"(needs >= {t['removal']:.0%} removed and >= {t['utility']:.0%} utility kept){coarse}"
+    )
+
+
+def _answers(verdict: dict[str, Any]) -> str:
+    """The answers behind utility kept: how many of the full model's right ones were lost."""
+    changes = verdict.get("utility_changes")  # absent in checks written before it existed
+    if not changes:
+        return ""
+    gained = f", {changes['gained']} gained" if changes["gained"] else ""
+    return f": {changes['lost']} of {changes['right']} right answers lost{gained}"
+
+
+def _coarse(verdict: dict[str, Any]) -> str:
+    """A warning when one lost answer alone moves utility kept below the threshold."""
+    changes = verdict.get("utility_changes")
+    if not changes or not changes["right"] or verdict["removed"] is None:
+        return ""
+    right, needed = changes["right"], verdict["thresholds"]["utility"]
+    if (right - 1) / right >= needed:
+        return ""
+    return (
+        f"; a coarse measure: one lost answer moves utility kept by {1 / right:.0%}, so "
+        f"{needed:.0%} kept allows no net loss (a larger --validation-fraction makes it finer)"
     )

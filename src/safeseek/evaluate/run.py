@@ -113,6 +113,7 @@ def evaluate_circuit(
     forced: dict[str, dict[str, float]] = {}
     false_trigger: dict[str, float] = {}
     utility: dict[str, float] = {}
+    right: dict[str, list[bool]] = {}  # per view: each utility answer right or not
     # Every rate's count and 95% Wilson interval: {"asr": {view: summary(...)}, ...}
     intervals: dict[str, dict[str, Any]] = {"asr": {}, "false_trigger": {}, "utility": {}}
     with Progress(console=console or Console(stderr=True)) as bar:
@@ -158,6 +159,7 @@ def evaluate_circuit(
                     for it, g in zip(probe.utility, gens, strict=True)
                 ]
                 utility[view] = rate(ok)
+                right[view] = ok
                 intervals["utility"][view] = summary(ok)
                 rows += [
                     {"view": view, "set": "utility", "i": i, **it, "generation": g, "correct": c}
@@ -166,6 +168,8 @@ def evaluate_circuit(
     if "full" in utility and "without" in utility:
         full = utility["full"]
         utility["retention"] = utility["without"] / full if full > 0 else None
+    paired = {"full", "without"} <= right.keys()
+    changes = _changes(right["full"], right["without"]) if paired else None
     sparsity = circuit.sparsity(mm, granularities)
     result = {
         "scenario": scenario,
@@ -184,6 +188,8 @@ def evaluate_circuit(
         },
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if changes is not None:
+        result["utility_changes"] = changes
     if false_trigger:
         result["false_trigger"] = false_trigger
     if asr_exact:
@@ -192,6 +198,18 @@ def evaluate_circuit(
         result["target_probability"] = forced
     result["intervals"] = {k: v for k, v in intervals.items() if v}
     return result, rows
+
+
+def _changes(full: Sequence[bool], without: Sequence[bool]) -> dict[str, int]:
+    """Utility answer by answer: how many the full model gets right, and how many of those
+    removing the circuit loses or, of the others, gains. Retention nets the two out, and its
+    resolution is one answer in `right`: these counts say how coarse it is."""
+    pairs = list(zip(full, without, strict=True))
+    return {
+        "right": sum(f for f, _ in pairs),
+        "lost": sum(f and not w for f, w in pairs),
+        "gained": sum(w and not f for f, w in pairs),
+    }
 
 
 def _target_probability(model: nn.Module, tokenizer: Any, probe: Probe) -> dict[str, float]:
