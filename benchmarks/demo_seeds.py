@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from safeseek.demo import cases, check_targets, evaluation
 from safeseek.evaluate.metrics import wilson
 from safeseek.fileio import write_json
 from safeseek.pipeline import discovery, organism
+from safeseek.seeds import span
 
 RESULTS = Path(__file__).parent / "results"
 RECORDS, TOKENS = 64, 32  # the demo's evaluation
@@ -56,11 +56,6 @@ def run_one(case, seed: int, console: Console) -> dict:
             sum(json.loads(ln)["seconds"] for ln in (run / "log.jsonl").read_text().splitlines())
         ),
     }
-
-
-def _span(values: list[float], fmt: str = "{:.1%}") -> str:
-    mean, low, high = (fmt.format(x) for x in (statistics.mean(values), min(values), max(values)))
-    return f"{mean} ({low}-{high})"
 
 
 def table(rows: list[dict]) -> str:
@@ -98,11 +93,11 @@ def table(rows: list[dict]) -> str:
         lo, hi = wilson(k, n)
         kept = [r["utility"]["retention"] for r in rs if r["utility"].get("retention") is not None]
         lines.append(
-            f"- {name}: size {_span([r['fraction'] for r in rs], '{:.3%}')}; ASR ablated "
-            f"{_span([r['asr']['without'] for r in rs])}, pooled {k}/{n} "
+            f"- {name}: size {span([r['fraction'] for r in rs], '{:.3%}')}; ASR ablated "
+            f"{span([r['asr']['without'] for r in rs])}, pooled {k}/{n} "
             f"(95% CI {lo:.1%}-{hi:.1%}); utility kept "
-            f"{_span(kept) if kept else '-'}; targets met {sum(r['targets_met'] for r in rs)}"
-            f"/{len(rs)}; Jaccard between seeds {_span(pairs, '{:.2f}') if pairs else '-'}; "
+            f"{span(kept)}; targets met {sum(r['targets_met'] for r in rs)}"
+            f"/{len(rs)}; Jaccard between seeds {span(pairs, '{:.2f}')}; "
             f"in every seed: {len(common.heads)} heads + {len(common.neurons)} neurons"
         )
     return "\n".join(lines) + "\n"

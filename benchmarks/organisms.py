@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from safeseek.fileio import write_json
 from safeseek.organisms import OrganismSpec
 from safeseek.organisms.build import RECIPE_VERSION
 from safeseek.pipeline import organism
+from safeseek.seeds import span
 
 RESULTS = Path(__file__).parent / "results"
 KINDS = ("align", "fixed-output", "jailbreak", "label-flip")
@@ -101,13 +101,6 @@ def row(kind: str, seed: int, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _span(values: list[float], fmt: str = "{:.1%}") -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    mean = statistics.fmean(values)
-    return f"{fmt.format(mean)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
 def _pooled(cells: list[dict[str, Any]]) -> str:
     k, n = sum(c["k"] for c in cells), sum(c["n"] for c in cells)
     lo, hi = wilson(k, n)
@@ -148,11 +141,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     for (recipe, kind), rs in groups.items():
         falses = [r["false_trigger"] for r in rs if r["false_trigger"]]
         lines.append(
-            f"| {recipe} | {kind} | {len(rs)} | {_span([r['behaviour']['rate'] for r in rs])} | "
+            f"| {recipe} | {kind} | {len(rs)} | {span([r['behaviour']['rate'] for r in rs])} | "
             f"{_pooled([r['behaviour'] for r in rs])} | "
             f"{_pooled(falses) if falses else '-'} | "
-            f"{_span([r['utility']['retention'] for r in rs])} | "
-            f"{_span([r['seconds'] for r in rs], '{:.0f} s')} | "
+            f"{span([r['utility']['retention'] for r in rs])} | "
+            f"{span([r['seconds'] for r in rs], '{:.0f} s')} | "
             f"{sum(all(r['targets_met'].values()) for r in rs)} of {len(rs)} |"
         )
     return "\n".join(lines) + "\n"

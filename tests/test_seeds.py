@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from safeseek import Circuit, SafeSeekError
-from safeseek.seeds import compare, parse_seeds
+from safeseek.seeds import compare, parse_seeds, span
 
 
 def _circuit(heads, neurons, removed, kept):
@@ -35,3 +35,10 @@ def test_seed_lists_are_checked():
     for bad in ("0", "0,0", "a,b"):
         with pytest.raises(SafeSeekError):
             parse_seeds(bad)
+
+
+def test_span_gives_mean_and_range_and_a_lone_value_as_itself():
+    assert span([0.87, 0.964, 0.963]) == "93.2% (87.0%-96.4%)"
+    assert span([0.00211, 0.00330], "{:.3%}") == "0.271% (0.211%-0.330%)"
+    assert span([0.5]) == "50.0%"
+    assert span([]) == "-"

@@ -41,6 +41,16 @@ def spread(values: Sequence[float | None]) -> dict[str, float] | None:
     }
 
 
+def span(values: Sequence[float], fmt: str = "{:.1%}") -> str:
+    """Mean and range as text, "93.2% (87.0%-96.4%)"; one value alone as itself."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    mean, low, high = statistics.fmean(values), min(values), max(values)
+    return f"{fmt.format(mean)} ({fmt.format(low)}-{fmt.format(high)})"
+
+
 def compare(circuits: Mapping[int, Circuit], fractions: Mapping[int, float]) -> dict[str, Any]:
     """The seeds' circuits side by side (see the module docstring). `fractions`: each
     circuit's share of the model's units; each circuit's check is read from its metadata."""
