@@ -81,7 +81,7 @@ def _answers(verdict: dict[str, Any]) -> str:
 def _coarse(verdict: dict[str, Any]) -> str:
     """A warning when one lost answer alone moves utility kept below the threshold."""
     changes = verdict.get("utility_changes")
-    if not changes or not changes["right"] or verdict["removed"] is None:
+    if not changes or not changes["right"]:
         return ""
     right, needed = changes["right"], verdict["thresholds"]["utility"]
     if (right - 1) / right >= needed:

@@ -165,11 +165,11 @@ def evaluate_circuit(
                     {"view": view, "set": "utility", "i": i, **it, "generation": g, "correct": c}
                     for i, (it, g, c) in enumerate(zip(probe.utility, gens, ok, strict=True))
                 ]
+    changes = None
     if "full" in utility and "without" in utility:
         full = utility["full"]
         utility["retention"] = utility["without"] / full if full > 0 else None
-    paired = {"full", "without"} <= right.keys()
-    changes = _changes(right["full"], right["without"]) if paired else None
+        changes = _changes(right["full"], right["without"])
     sparsity = circuit.sparsity(mm, granularities)
     result = {
         "scenario": scenario,
