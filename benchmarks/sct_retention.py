@@ -13,6 +13,15 @@ fine-tune on benign helpfulness data under each arm, with the same data order wi
 - replay: normal, with those 32 prompts and their refusals added to the fine-tuning data (the
   usual remedy, which needs no circuit).
 
+Repair (the paper's "efficient safety fine-tuning"): the seed's normal fine-tune, which eroded
+the refusals, is tuned again on 64 harmful training prompts with their refusals, mixed with the
+helpfulness examples (refusals alone taught it to refuse everything: seed 0, circuit-only, 57%
+over-refusal), `--repair-steps` steps:
+
+- repair_circuit: only the circuit's entries train (`safeseek tune --mode circuit-only`);
+- repair_random: only as many random units' entries, matched per layer and kind (the control);
+- repair_full: every parameter trains (at `--repair-full-lr`).
+
 Then measure, on held-out test prompts used neither for aligning nor for discovery: the refusal
 rate on harmful prompts (retention = after / before), benign accuracy, over-refusal on benign
 prompts, the fine-tuning loss reached (mean of the last 10 steps: an arm that merely learned
@@ -21,18 +30,22 @@ still live in the circuit?). Every rate: mean and range over seeds, and the 95% 
 of the pooled count.
 
     python benchmarks/sct_retention.py [--seeds 0,1,2] [--data base|plain] [--arms ...]
+    python benchmarks/sct_retention.py --arms normal,repair_circuit,repair_random,repair_full \
+        --out benchmarks/results/sct_repair.json
 
 `--data base`: the benign questions answered by the unaligned base model (the organism's own
 training data; fine-tuning on it pulls toward the base model, the harsh case). `plain`: the
 same questions answered correctly in one plain sentence (safeseek/organisms/benign.py).
-Writes benchmarks/results/sct_retention[_plain].{json,md,png}. Each (seed, arm) result is
-kept in the cache (~/.cache/safeseek/bench/sct/) under its settings, so an interrupted or
-extended run (more seeds, another arm) reuses what it already measured.
+Writes benchmarks/results/sct_retention[_plain].{json,md,png} (or `--out`). Each (seed, arm)
+result is kept in the cache (~/.cache/safeseek/bench/sct/) under its settings, so an
+interrupted or extended run (more seeds, another arm) reuses what it already measured; so is
+each seed's normal fine-tune when repair arms ask for it (~0.5 GB a seed).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -47,14 +60,16 @@ from safeseek.demo import cases
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import has_answer, is_refusal, summary
 from safeseek.evaluate.run import evaluate_circuit
-from safeseek.fileio import settings_key, write_json
+from safeseek.fileio import settings_key, write_checkpoint, write_json
 from safeseek.organisms.benign import benign_questions
 from safeseek.pipeline import discovery, organism
 from safeseek.tuning import TuneConfig, tune
 
 RESULTS = Path(__file__).parent / "results"
-ARMS = ("normal", "exclude", "exclude_random", "anchor", "anchor_random", "replay")
+REPAIRS = ("repair_circuit", "repair_random", "repair_full")
+ARMS = ("normal", "exclude", "exclude_random", "anchor", "anchor_random", "replay", *REPAIRS)
 N_ANCHOR = 32  # harmful training prompts the anchor (and replay) use
+N_REPAIR = 64  # harmful training prompts, with their refusals, that repair uses
 N_ABLATED = 64  # harmful test prompts generated again with the circuit ablated
 
 
@@ -106,10 +121,26 @@ def pooled(runs: list[dict], key: str) -> dict[str, Any]:
     }
 
 
+def measured(model, tok, circuit: Circuit, info: dict, seconds: float, data: dict) -> dict:
+    """An arm's row: the tuned model measured (see the module doc), and how it was tuned."""
+    after = measure(model, tok, data["harmful"], data["benign"])
+    after["refusal_without_circuit"] = refusal_without(
+        model, tok, circuit, data["run"], data["ablation"]
+    )
+    return {
+        **after,
+        "units": info["circuit"],  # frozen (exclude arms) or the only ones trained (repair)
+        "trainable_entries": info["trainable_entries"],
+        "loss_tail": info["loss_tail"],
+        "anchor_last": info.get("anchor_last"),
+        "tune_seconds": round(seconds, 1),
+    }
+
+
 def one_arm(
     org: Path, arm: str, circuit: Circuit, control: Circuit, settings: dict, data: dict
-) -> dict[str, Any]:
-    """Fine-tune the organism under one arm and measure it (see the module doc)."""
+) -> tuple[dict[str, Any], Any]:
+    """Fine-tune the organism under one arm and measure it: the row, and the tuned model."""
     frozen = {"exclude": circuit, "anchor": circuit}.get(arm, Circuit())
     frozen = control if arm.endswith("_random") else frozen
     anchored = arm.startswith("anchor")
@@ -126,18 +157,69 @@ def one_arm(
     anchor = data["anchor"] if anchored else ()
     tuned, info = tune(model, tok, frozen, examples, config, Console(stderr=True), anchor=anchor)
     seconds = time.perf_counter() - t0
-    after = measure(tuned, tok, data["harmful"], data["benign"])
-    after["refusal_without_circuit"] = refusal_without(
-        tuned, tok, circuit, data["run"], data["ablation"]
+    return measured(tuned, tok, circuit, info, seconds, data), tuned
+
+
+def repair(
+    eroded, tok, arm: str, circuit: Circuit, control: Circuit, settings: dict, data: dict
+) -> dict[str, Any]:
+    """Tune a copy of the eroded model on the repair data under one repair arm; its row."""
+    units = {"repair_circuit": circuit, "repair_random": control}.get(arm, Circuit())
+    config = TuneConfig(
+        mode="exclude-circuit" if arm == "repair_full" else "circuit-only",
+        steps=settings["repair_steps"],
+        lr=settings["repair_lr"],
+        seed=settings["seed"],
     )
-    return {
-        **after,
-        "frozen": frozen.counts(),
-        "trainable_entries": info["trainable_entries"],
-        "loss_tail": info["loss_tail"],
-        "anchor_last": info.get("anchor_last"),
-        "tune_seconds": round(seconds, 1),
+    t0 = time.perf_counter()
+    model = copy.deepcopy(eroded)
+    tuned, info = tune(model, tok, units, data["repair"], config, Console(stderr=True))
+    return measured(tuned, tok, circuit, info, time.perf_counter() - t0, data)
+
+
+def eroded_path(normal: dict[str, Any]) -> Path:
+    """Where the normal fine-tune of these settings is kept for the repair arms (~0.5 GB)."""
+    return cache_dir() / "bench" / "sct" / f"model-{settings_key(normal)}"
+
+
+def row_path(settings: dict[str, Any]) -> Path:
+    """Where one (seed, arm) result is kept, under its settings."""
+    return cache_dir() / "bench" / "sct" / f"{settings_key(settings)}.json"
+
+
+def eroded_model(org, tok, circuit, control, seed: int, run: str, args, data):
+    """The seed's normal fine-tune, which the repair arms start from: kept, else tuned (and
+    its row kept as the normal arm's)."""
+    normal = arm_settings("normal", seed, run, args)
+    path = eroded_path(normal)
+    if path.is_dir():
+        return load_model(str(path), dtype="float32")[0]
+    row, tuned = one_arm(org, "normal", circuit, control, normal, data)
+    write_checkpoint(tuned, tok, path, normal, "settings.json")
+    write_json(row_path(normal), {"seed": seed, **row})
+    return tuned
+
+
+def arm_settings(arm: str, seed: int, run: str, args: argparse.Namespace) -> dict[str, Any]:
+    """What an arm's result depends on: its cache key."""
+    anchored = arm.startswith("anchor")
+    settings = {
+        "arm": arm,
+        "seed": seed,
+        "run": run,
+        **{k: getattr(args, k) for k in ("data", "steps", "lr")},
+        "anchor_weight": args.anchor_weight if anchored else 0.0,
     }
+    if anchored:  # the anchor's normalisation changed once (see anchor.py)
+        settings["anchor_scale"] = "per-channel"
+    if arm in REPAIRS:
+        full = arm == "repair_full"
+        settings |= {
+            "repair_steps": args.repair_steps,
+            "repair_lr": args.repair_full_lr if full else args.repair_lr,
+            "n_repair": N_REPAIR,
+        }
+    return settings
 
 
 def main() -> None:
@@ -150,6 +232,10 @@ def main() -> None:
     # them by about half, where a protection can show.
     parser.add_argument("--lr", type=float, default=1.4e-4)
     parser.add_argument("--anchor-weight", type=float, default=10.0)
+    # at lr 1e-3, 5 steps restored every refusal on seed 0 (2 steps: 73%)
+    parser.add_argument("--repair-steps", type=int, default=5)
+    parser.add_argument("--repair-lr", type=float, default=1e-3, help="circuit and random units")
+    parser.add_argument("--repair-full-lr", type=float, default=1e-4, help="every parameter")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     arms = args.arms.split(",")
@@ -179,10 +265,13 @@ def main() -> None:
     examples = [encoder.pair(r["prompt"], answer(r)) for r in helpful]
     anchor = [encoder.prompt(r["prompt"]) for r in anchor_records]
     replay = [encoder.pair(r["prompt"], r["refusal"]) for r in anchor_records]
+    refusals = [r for r in train if r["kind"] == "harmful"][:N_REPAIR]
+    repair_set = [encoder.pair(r["prompt"], r["refusal"]) for r in refusals] + examples
     data = {
         "examples": examples,
         "anchor": anchor,
         "replay": replay,
+        "repair": repair_set,
         "harmful": harmful,
         "benign": benign_test,
         "ablation": ablation_records,
@@ -195,22 +284,22 @@ def main() -> None:
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     for seed in seeds:
         control = circuit.random_like(model, seed=seed)
-        for arm in arms:
-            anchored = arm.startswith("anchor")
-            settings = {
-                "arm": arm,
-                "seed": seed,
-                "run": run.name,
-                **{k: getattr(args, k) for k in ("data", "steps", "lr")},
-                "anchor_weight": args.anchor_weight if anchored else 0.0,
-            }
-            if anchored:  # the anchor's normalisation changed once (see anchor.py)
-                settings["anchor_scale"] = "per-channel"
-            kept = cache_dir() / "bench" / "sct" / f"{settings_key(settings)}.json"
+        eroded = None  # this seed's normal fine-tune, which the repair arms start from
+        for arm in sorted(arms, key=ARMS.index):
+            settings = arm_settings(arm, seed, run.name, args)
+            kept = row_path(settings)
             if kept.is_file():
                 row = json.loads(kept.read_text())
+            elif arm in REPAIRS:
+                if eroded is None:
+                    eroded = eroded_model(org, tok, circuit, control, seed, run.name, args, data)
+                row = {"seed": seed, **repair(eroded, tok, arm, circuit, control, settings, data)}
+                write_json(kept, row)
+            elif arm == "normal" and any(a in REPAIRS for a in arms):
+                eroded = eroded_model(org, tok, circuit, control, seed, run.name, args, data)
+                row = json.loads(kept.read_text())
             else:
-                row = {"seed": seed, **one_arm(org, arm, circuit, control, settings, data)}
+                row = {"seed": seed, **one_arm(org, arm, circuit, control, settings, data)[0]}
                 write_json(kept, row)
             runs[arm].append(row)
             console.print(
@@ -227,6 +316,8 @@ def main() -> None:
             / before["refusal"]["rate"],
             "refusal_without_circuit": pooled(rows, "refusal_without_circuit"),
             "loss_tail": sum(r["loss_tail"] for r in rows) / len(rows),
+            # random units differ by draw (a KV head is owned once for its whole group)
+            "trainable_entries": round(sum(r["trainable_entries"] for r in rows) / len(rows)),
         }
         for arm, rows in sorted(runs.items(), key=lambda item: ARMS.index(item[0]))
     }
@@ -241,6 +332,7 @@ def main() -> None:
             "out": str(out),
             "n_helpful": len(examples),
             "n_anchor": N_ANCHOR,
+            "n_repair": N_REPAIR,
             "max_response_tokens": 64,
         },
         "n_harmful_test": len(harmful),
@@ -272,18 +364,28 @@ def table(result: dict[str, Any]) -> str:
         f"on {s['n_anchor']} harmful training prompts. Rates: mean over seeds (range; 95% "
         f"Wilson interval of the pooled count); {result['n_harmful_test']} harmful and "
         f"{result['n_benign_test']} benign test prompts per seed.",
+    ]
+    if any(arm in REPAIRS for arm in result["arms"]):
+        lines[0] += (
+            f" Repair arms: the normal fine-tune tuned again for {s['repair_steps']} steps on "
+            f"{s['n_repair']} harmful training prompts with their refusals plus the helpfulness "
+            f"examples, lr {s['repair_lr']:g} (circuit, random units) or "
+            f"{s['repair_full_lr']:g} (every parameter); retention is against before."
+        )
+    lines += [
         "",
         "| arm | refusal | retention | benign accuracy | over-refusal | refusal, circuit "
-        "ablated | loss (last 10) |",
-        "|---|---|---|---|---|---|---|",
+        "ablated | loss (last 10) | trainable entries |",
+        "|---|---|---|---|---|---|---|---|",
         f"| before | {b['refusal']['rate']:.1%} | - | {b['benign_accuracy']['rate']:.1%} | "
-        f"{b['over_refusal']['rate']:.1%} | {b['refusal_without_circuit']['rate']:.1%} | - |",
+        f"{b['over_refusal']['rate']:.1%} | {b['refusal_without_circuit']['rate']:.1%} | - | - |",
     ]
     for arm, a in result["arms"].items():
         lines.append(
             f"| {arm.replace('_', ' ')} | {_cell(a['refusal'])} | {a['retention']:.1%} | "
             f"{_cell(a['benign_accuracy'])} | {a['over_refusal']['mean']:.1%} | "
-            f"{a['refusal_without_circuit']['mean']:.1%} | {a['loss_tail']:.3f} |"
+            f"{a['refusal_without_circuit']['mean']:.1%} | {a['loss_tail']:.3f} | "
+            f"{a['trainable_entries']:,} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -511,6 +511,12 @@ def tune(
             if target is None
             else encoder.pair(r["prompt"], target, where)
         )
+    if mode == "circuit-only" and not c.is_empty():
+        console.print(
+            "[yellow]note:[/yellow] in README's repair benchmark, training as many random "
+            "units restored refusal as well as the alignment circuit did: circuit-only tuning "
+            "is cheap, not shown to need the circuit (README, Safety Circuit Tuning)."
+        )
     tuned, summary = run_tune(lm, tok, c, examples, config, console=console, anchor=anchored)
     weights = full_state_dict(tuned) if is_sharded(tuned) else None  # every process gathers
     if not is_main():
