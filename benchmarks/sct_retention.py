@@ -171,8 +171,8 @@ def repair(
         lr=settings["repair_lr"],
         seed=settings["seed"],
     )
-    t0 = time.perf_counter()
     model = copy.deepcopy(eroded)
+    t0 = time.perf_counter()
     tuned, info = tune(model, tok, units, data["repair"], config, Console(stderr=True))
     return measured(tuned, tok, circuit, info, time.perf_counter() - t0, data)
 
@@ -192,7 +192,7 @@ def eroded_model(org, tok, circuit, control, seed: int, run: str, args, data):
     its row kept as the normal arm's)."""
     normal = arm_settings("normal", seed, run, args)
     path = eroded_path(normal)
-    if path.is_dir():
+    if path.is_dir() and row_path(normal).is_file():
         return load_model(str(path), dtype="float32")[0]
     row, tuned = one_arm(org, "normal", circuit, control, normal, data)
     write_checkpoint(tuned, tok, path, normal, "settings.json")
