@@ -18,12 +18,24 @@ from tiny_backdoor import records as backdoor_records
 from transformers.pytorch_utils import Conv1D
 
 from safeseek import Circuit
-from safeseek.baselines import METHODS, WEIGHT_METHODS, UnitScores, circuit_of_size, score_units
+from safeseek.baselines import (
+    METHODS,
+    WEIGHT_METHODS,
+    UnitScores,
+    circuit_of_counts,
+    circuit_of_size,
+    score_units,
+)
 from safeseek.baselines.common import examples, mean_loss
-from safeseek.baselines.patching import activation_patching, attribution_patching
+from safeseek.baselines.patching import (
+    activation_patching,
+    attribution_patching,
+    integrated_gradients,
+)
 from safeseek.baselines.pruning import snip, wanda
 from safeseek.data import pad
 from safeseek.data.records import validate
+from safeseek.errors import SafeSeekError
 from safeseek.forward import labelled_logits
 from safeseek.models.adapters import architecture
 
@@ -80,13 +92,7 @@ def test_attribution_patching_is_gradient_times_difference_to_the_clean_mean(nam
     model, ex = build(name), _examples()
     pad_id = tiny_tokenizer().pad_token_id
     scores = attribution_patching(model, pad_id, ex, ("head", "neuron"))
-    # The clean mean by hand: every projection input over the utility rows' real tokens but
-    # each row's first (the attention sink, left out as MaskedModel.fit_means does).
-    with torch.no_grad():
-        clean, _, mask = _projection_inputs(model, name, ex.utility, pad_id)
-    mask = mask.clone()
-    mask[torch.arange(len(mask)), mask.int().argmax(1)] = False
-    means = {k: v[0][mask].double().mean(0).float() for k, v in clean.items()}
+    means = _clean_means(model, name, ex, pad_id)
     seen, loss, _ = _projection_inputs(model, name, ex.behaviour, pad_id)
     loss.backward()
     arch = architecture(model)
@@ -96,6 +102,71 @@ def test_attribution_patching_is_gradient_times_difference_to_the_clean_mean(nam
         if g == "head":
             per_channel = per_channel.view(arch.n_heads, arch.head_dim).sum(-1)
         torch.testing.assert_close(scores[g][layer], per_channel, atol=1e-5, rtol=1e-4)
+
+
+def _clean_means(model, name, ex, pad_id):
+    """Every projection input's mean over the utility rows' real tokens but each row's first
+    (the attention sink, left out as MaskedModel.fit_means does), by hand."""
+    with torch.no_grad():
+        clean, _, mask = _projection_inputs(model, name, ex.utility, pad_id)
+    mask = mask.clone()
+    mask[torch.arange(len(mask)), mask.int().argmax(1)] = False
+    return {k: v[0][mask].double().mean(0).float() for k, v in clean.items()}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_integrated_gradients_of_a_layer_add_up_to_patching_it_whole(name):
+    """Completeness: a layer's unit scores sum to the loss rise of patching all its units to
+    their clean means at once (hand hooks); the midpoint rule converges to it quickly."""
+    model, ex = build(name), _examples()
+    pad_id = tiny_tokenizer().pad_token_id
+    scores = integrated_gradients(model, pad_id, ex, ("head", "neuron"), steps=24)
+    means = _clean_means(model, name, ex, pad_id)
+    base = mean_loss(model, ex.behaviour, pad_id)
+    case = CASES[name]
+    for layer in range(architecture(model).n_layers):
+        handles = [
+            module_at(model, path.format(i=layer)).register_forward_pre_hook(
+                lambda m, a, mean=means[(g, layer)]: (mean.expand_as(a[0]),)
+            )
+            for g, path in (("head", case.attn_out), ("neuron", case.mlp_out))
+        ]
+        try:
+            rise = mean_loss(model, ex.behaviour, pad_id) - base
+        finally:
+            for h in handles:
+                h.remove()
+        total = scores["head"][layer].sum() + scores["neuron"][layer].sum()
+        assert abs(float(total) - rise) <= 2e-3 * max(abs(rise), 1e-2), (layer, float(total), rise)
+    one = integrated_gradients(model, pad_id, ex, ("head",), steps=1)  # alone: heads only
+    assert one["head"].shape == scores["head"].shape and not torch.equal(
+        one["head"], scores["head"]
+    )
+
+
+def test_quotas_rank_within_each_granularity():
+    arch = architecture(build("llama"))  # 2 layers x 4 heads, 2 x 48 neurons
+    behaviour = {"head": torch.zeros(2, 4), "neuron": torch.zeros(2, 48)}
+    behaviour["head"][1, 3], behaviour["head"][0, 2] = 1.0, 0.5
+    behaviour["neuron"][0, 7], behaviour["neuron"][1, 9] = 9.0, 8.0
+    # jointly the two neurons win; with one head and one neuron the best of each kind
+    joint = circuit_of_size(UnitScores("x", behaviour), arch, 2 / 104)
+    assert joint.heads == [] and len(joint.neurons) == 2
+    quota = circuit_of_counts(UnitScores("x", behaviour), arch, {"head": 1, "neuron": 1})
+    assert quota.heads == [(1, 3)] and quota.neurons == [(0, 7)]
+    assert quota.metadata["counts"] == {"head": 1, "neuron": 1}
+    utility = {"head": torch.zeros(2, 4), "neuron": torch.zeros(2, 48)}
+    utility["head"][1, 3] = 5.0  # the top head by utility is left out, within heads only
+    diff = circuit_of_counts(UnitScores("x", behaviour, utility), arch, {"head": 1, "neuron": 1})
+    assert diff.heads == [(0, 2)] and diff.neurons == [(0, 7)]
+    assert len(circuit_of_counts(UnitScores("x", behaviour), arch, {"neuron": 3})) == 3
+    for counts, message in (
+        ({"head": 9}, "quota must be in"),
+        ({"layer": 1}, "no layer scores"),
+        ({"head": 0}, "at least one unit"),
+    ):
+        with pytest.raises(SafeSeekError, match=message):
+            circuit_of_counts(UnitScores("x", behaviour), arch, counts)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

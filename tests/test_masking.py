@@ -184,6 +184,51 @@ def test_mean_ablation_replaces_unit_by_stored_mean(batch):
     torch.testing.assert_close(mm.means["neuron"][0], captured["x"][mask].mean(0))
 
 
+def test_scaled_keeps_each_units_share_as_a_hand_hook_does(family, tiny, batch):
+    """x -> mean + keep * (x - mean) per unit, by hand on the projection inputs; keep 0 / 1 is
+    `without`; gradients reach the keep values only."""
+    case, cfg = CASES[family], tiny.config
+    mm = MaskedModel(tiny, ablation="mean", reference=[batch])
+    arch, means = mm.arch, mm.means
+    g = torch.Generator().manual_seed(3)
+    keep = {
+        u: torch.rand(arch.n_layers, arch.units_per_layer(u), generator=g) for u in mm.granularities
+    }
+    keep["head"].requires_grad_(True)
+    with mm.scaled(keep):
+        got = tiny(**batch).logits
+    got.square().mean().backward()
+    assert keep["head"].grad is not None and keep["head"].grad.abs().sum() > 0
+    assert all(p.grad is None and p.requires_grad for p in tiny.parameters())
+    head_dim = arch.head_dim
+    handles = []
+    for i in range(cfg.num_hidden_layers):
+        for u, path in (("head", case.attn_out), ("neuron", case.mlp_out)):
+            k = keep[u][i].detach()
+            k = k.repeat_interleave(head_dim) if u == "head" else k
+
+            def hook(module, args, k=k, mean=means[u][i]):
+                return (mean + k * (args[0] - mean),)
+
+            handles.append(module_at(tiny, path.format(i=i)).register_forward_pre_hook(hook))
+    try:
+        want = logits(tiny, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=0)
+    c = some_circuit(tiny)
+    binary = {u: 1.0 - c.membership(arch, u).float() for u in mm.granularities}
+    with mm.scaled(binary):
+        got = logits(tiny, batch)
+    with mm.without(c):
+        torch.testing.assert_close(got, logits(tiny, batch), atol=1e-6, rtol=0)
+    with pytest.raises(SafeSeekError, match="shaped"), mm.scaled({"head": torch.ones(1, 1)}):
+        pass
+    with pytest.raises(SafeSeekError, match="not layer"), mm.scaled({"layer": torch.ones(1)}):
+        pass
+
+
 def test_mean_ablation_needs_reference(tiny):
     mm = MaskedModel(tiny, ablation="mean")
     with pytest.raises(SafeSeekError, match="reference"), mm.without(Circuit(heads=[(0, 0)])):

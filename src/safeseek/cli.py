@@ -111,7 +111,7 @@ def discover(
         str,
         typer.Option(
             help="mask, or a baseline: activation-patching, attribution-patching, "
-            "snip-set-difference, wanda-set-difference, random"
+            "integrated-gradients, snip-set-difference, wanda-set-difference, random"
         ),
     ] = "mask",
     granularity: Annotated[str, typer.Option(help="comma-separated: head,neuron,layer,weight")] = (

@@ -2,11 +2,13 @@
 
 Every method scores each unit (higher = the unit carries more of the behaviour; see each
 module for what the number is) and `circuit_of_size` turns scores into a circuit of a
-requested fraction of units:
+requested fraction of units (`circuit_of_counts`: a number of units per granularity):
 
 - `activation-patching`: exact single-unit ablation, rise in the behaviour's loss;
 - `attribution-patching`: its first-order estimate for every unit at once (gradient x
   activation difference to the clean mean);
+- `integrated-gradients`: EAP-IG at node level, the same difference times the gradient
+  averaged along the path from the clean mean (one layer at a time, 5 points);
 - `snip-set-difference`, `wanda-set-difference`: pruning importance on behaviour data minus
   the units most important on utility data (Wei et al., ICML 2024);
 - `random`: uniform random scores (a control; one circuit per seed).
@@ -22,9 +24,13 @@ import torch
 from rich.progress import Progress
 
 from safeseek.baselines.common import examples
-from safeseek.baselines.patching import activation_patching, attribution_patching
+from safeseek.baselines.patching import (
+    activation_patching,
+    attribution_patching,
+    integrated_gradients,
+)
 from safeseek.baselines.pruning import snip_set_difference, wanda_set_difference
-from safeseek.baselines.select import UnitScores, circuit_of_size
+from safeseek.baselines.select import UnitScores, circuit_of_counts, circuit_of_size
 from safeseek.data.encode import pad_token_id
 from safeseek.errors import SafeSeekError
 from safeseek.models.adapters import architecture
@@ -50,6 +56,10 @@ METHODS: dict[str, Callable[..., tuple[Scores, Scores | None]]] = {
     ),
     "attribution-patching": lambda model, pad_id, ex, grans, seed, progress: (
         attribution_patching(model, pad_id, ex, grans),
+        None,
+    ),
+    "integrated-gradients": lambda model, pad_id, ex, grans, seed, progress: (
+        integrated_gradients(model, pad_id, ex, grans, progress=progress),
         None,
     ),
     "snip-set-difference": lambda model, pad_id, ex, grans, seed, progress: snip_set_difference(
@@ -96,4 +106,11 @@ def score_units(
     return UnitScores(method, behaviour, utility, time.perf_counter() - start, settings)
 
 
-__all__ = ["METHODS", "WEIGHT_METHODS", "UnitScores", "circuit_of_size", "score_units"]
+__all__ = [
+    "METHODS",
+    "WEIGHT_METHODS",
+    "UnitScores",
+    "circuit_of_counts",
+    "circuit_of_size",
+    "score_units",
+]

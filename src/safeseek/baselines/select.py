@@ -1,7 +1,9 @@
-"""From unit scores to a circuit of a requested size (one top-k shared by every method)."""
+"""From unit scores to a circuit of a requested size: one top-k shared by every method, over
+all granularities jointly or with a quota per granularity."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,34 @@ def circuit_of_size(scores: UnitScores, arch: Architecture, fraction: float) -> 
         masks[g] = chosen[start : start + n].view(arch.n_layers, -1)
         start += n
     meta = {"method": scores.method, "size_fraction": fraction, **scores.settings}
+    return Circuit.from_membership(masks, metadata=meta)
+
+
+def circuit_of_counts(scores: UnitScores, arch: Architecture, counts: Mapping[str, int]) -> Circuit:
+    """The top `counts[g]` units of each granularity g by behaviour score, ranked within g: a
+    quota per granularity, e.g. another circuit's head / neuron split, so that methods are
+    compared like for like (a joint top-k of summed weight scores takes mostly heads). Set
+    difference works within each granularity too."""
+    grans = list(scores.behaviour)
+    unknown = [g for g in counts if g not in grans]
+    if unknown:
+        raise SafeSeekError(
+            f"no {unknown[0]} scores to fill its quota (scored: {', '.join(grans)})"
+        )
+    for g, k in counts.items():
+        if not 0 <= k <= arch.num_units[g]:
+            raise SafeSeekError(f"{g} quota must be in [0, {arch.num_units[g]}], got {k}")
+    if sum(counts.values()) < 1:
+        raise SafeSeekError("a circuit needs at least one unit; every quota is 0")
+    masks = {}
+    for g in grans:
+        k = counts.get(g, 0)
+        flat = scores.behaviour[g].flatten().float()
+        if scores.utility is not None and k:
+            flat = flat.masked_fill(_top(scores.utility[g].flatten().float(), k), float("-inf"))
+        chosen = _top(flat, k) if k else torch.zeros(flat.numel(), dtype=torch.bool)
+        masks[g] = chosen.view(arch.n_layers, -1)
+    meta = {"method": scores.method, "counts": dict(counts), **scores.settings}
     return Circuit.from_membership(masks, metadata=meta)
 
 

@@ -333,11 +333,41 @@ class MaskedModel(nn.Module):
             return out
 
         self._require_idle()
+        self._freeze_weights()
+        with self._view(keep_of, fixed=False):
+            yield
+
+    @contextlib.contextmanager
+    def scaled(self, keep: Mapping[str, torch.Tensor]) -> Iterator[None]:
+        """Every unit keeps `keep[g][layer, unit]` of its activation, the rest is its ablation
+        value: between the full model (1) and the unit removed (0), and differentiable in
+        `keep` -- the path integrated gradients follow (`baselines/patching.py`). Model weights
+        are frozen meanwhile. A granularity left out of `keep` is kept whole."""
+        unknown = [g for g in keep if g not in self.granularities]
+        if unknown:
+            raise SafeSeekError(
+                f"this MaskedModel masks {', '.join(self.granularities)}, not {unknown[0]}"
+            )
+        for g, k in keep.items():
+            want = (self.arch.n_layers, self.arch.units_per_layer(g))
+            if tuple(k.shape) != want:
+                raise SafeSeekError(f"{g} keep values must be shaped {want}, got {tuple(k.shape)}")
+        whole = {
+            g: torch.ones(self.arch.n_layers, self.arch.units_per_layer(g), device=self._device)
+            for g in self.granularities
+            if g not in keep
+        }
+        values = {**whole, **keep}
+        self._require_idle()
+        self._freeze_weights()
+        with self._view(lambda: {g: expand(self.arch, g, k) for g, k in values.items()}, False):
+            yield
+
+    def _freeze_weights(self) -> None:
+        """Model weights out of autograd while a learned view is active (`detach` restores)."""
         self._frozen = [(p, p.requires_grad) for p in self.model.parameters()]
         for p, _ in self._frozen:
             p.requires_grad_(False)
-        with self._view(keep_of, fixed=False):
-            yield
 
     def detach(self) -> None:
         """Remove every hook and restore the weights' requires_grad flags."""
