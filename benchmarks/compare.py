@@ -275,8 +275,8 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
         )
         return ev
 
-    def record(key: str, *row_args) -> None:
-        done[key] = _row(case, *row_args, full, units)
+    def record(key, method, ranking, seed, size, circuit, ev, seconds) -> None:
+        done[key] = _row(case, method, ranking, seed, size, circuit, ev, full, seconds, units)
         write_json(partial, done)
 
     if f"{case.name}/full" not in done:

@@ -518,6 +518,30 @@ def test_sparsity_target_holds_the_circuit_size(organism):
     assert 0.03 < size < 0.2, size
 
 
+def test_an_ste_size_target_is_a_projection_that_keeps_the_ranking(organism):
+    """Exactly round(target * units) logits end positive, all shifted by one constant."""
+    from safeseek.discover import _Sparsity
+    from safeseek.masking import MaskedModel
+
+    _, model, _ = organism
+    mm = MaskedModel(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in mm.masks.values():
+            m.logits.copy_(torch.randn(m.logits.shape, generator=g))
+    before = torch.cat([m.logits.detach().flatten().clone() for m in mm.masks.values()])
+    sparsity = _Sparsity(mm, 0.1, 0.0)
+    sparsity.project(mm)
+    after = torch.cat([m.logits.detach().flatten() for m in mm.masks.values()])
+    shift = after - before
+    assert torch.allclose(shift, shift[0].expand_as(shift), atol=1e-6)
+    assert int((after > 0).sum()) == round(0.1 * before.numel())
+    want = set(torch.topk(before, round(0.1 * before.numel())).indices.tolist())
+    assert set(torch.nonzero(after > 0).flatten().tolist()) == want
+    reg, _ = sparsity(mm)
+    assert float(reg.detach()) == 0.0  # the projection, not a loss term, holds the size
+
+
 def test_sizes_trace_the_frontier_in_one_run_and_resume(organism, tmp_path):
     """One run, largest size first: each size's circuit is checked and saved, the next size
     starts from it, the run ends with the smallest; a run killed in the second size resumes to
@@ -533,9 +557,9 @@ def test_sizes_trace_the_frontier_in_one_run_and_resume(organism, tmp_path):
     whole = Discovery(model, tok, recs, config, out=out, progress=False).run(checkpoint_every=10)
     frontier = json.loads((out / "frontier.json").read_text())["sizes"]
     assert [f["size"] for f in frontier] == [0.2, 0.05] and whole.steps == 60
-    # The Lagrangian holds each target over the stage's steps; the saved circuits' own sizes
-    # are what frontier.json reports.
-    assert frontier[0]["fraction"] > frontier[1]["fraction"], frontier
+    # STE masks hold each size exactly (264 units); the saved circuits' own sizes are what
+    # frontier.json reports.
+    assert [f["fraction"] for f in frontier] == [round(0.2 * 264) / 264, round(0.05 * 264) / 264]
     for f in frontier:
         saved = Circuit.load(out / f"size-{f['size']:g}" / "circuit.json")
         assert saved.sparsity(model)["overall"] == pytest.approx(f["fraction"])
