@@ -47,7 +47,10 @@ from safeseek.models.load import fast_dtype
 from safeseek.pipeline import discovery, organism
 
 RESULTS = Path(__file__).parent / "results"
-FLOOR = 0.99  # utility kept by the circuits the winner tables compare
+FLOOR = 0.99  # utility kept by the circuits the winner tables compare (issue 17)
+# ... and a floor one lost answer does not cross: the aligned organism's utility rests on 25
+# right answers of 42, so 99% allows no net loss at all and 96% is one answer.
+COARSE_FLOOR = 0.95
 
 
 def _row(case, method, ranking, seed, target, circuit, ev, full, seconds, units) -> dict[str, Any]:
@@ -180,16 +183,22 @@ def markdown(rows: list[dict]) -> str:
             f"| {case} | {name} | {r['fraction']:.3%} | {_pct(r['asr_without_circuit'])} | "
             f"{_pct(r['utility_retention'])} |"
         )
-    lines += [
+    for floor in (FLOOR, COARSE_FLOOR):
+        lines += _winner_table(rows, floor)
+    return "\n".join(lines) + "\n"
+
+
+def _winner_table(rows: list[dict], floor: float) -> list[str]:
+    lines = [
         "",
         f"At every size, the mask circuit (mean over seeds) against the best baseline circuit "
-        f"that keeps >= {FLOOR:.0%} of utility:",
+        f"that keeps >= {floor:.0%} of utility:",
         "",
         "| organism | size | mask: ASR ablated, utility kept | best baseline at that size |"
         " mask wins |",
         "|---|---|---|---|---|",
     ]
-    for w in winners(rows):
+    for w in winners(rows, floor):
         m, b = w["mask"], w["best_baseline"]
         mine = (
             "-"
@@ -203,7 +212,7 @@ def markdown(rows: list[dict]) -> str:
         )
         verdict = "yes" if w["wins"] else "no"
         lines.append(f"| {w['case']} | {w['size']:.2%} | {mine} | {theirs} | {verdict} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -215,7 +224,11 @@ def plot(rows: list[dict], path: Path) -> None:
         for label in dict.fromkeys(arm(r) for r in mine):
             pts = sorted((r["fraction"], r) for r in mine if arm(r) == label)
             xs = [100 * x for x, _ in pts]
-            style: dict[str, Any] = dict(marker="o", linewidth=1, markersize=4)
+            method = label.split(" (")[0]  # a colour per method, dashed with quotas
+            colour = plt.get_cmap("tab10")(
+                list(METHODS).index(method) % 10 if method in METHODS else 0
+            )
+            style: dict[str, Any] = dict(marker="o", linewidth=1, markersize=4, color=colour)
             if label == "mask":
                 style = dict(marker="*", markersize=11, linewidth=2.5, color="black", zorder=5)
             elif label.endswith("(quota)"):
@@ -348,8 +361,11 @@ def main() -> None:
         if not args.report_only:
             run_case(case, args, done, partial, console)
     rows = [v for k, v in done.items() if not k.endswith("/full")]
+    settings = vars(args)
+    if args.report_only and out.with_suffix(".json").is_file():  # the measuring run's settings
+        settings = json.loads(out.with_suffix(".json").read_text())["settings"]
     write_json(
-        out.with_suffix(".json"), {"benchmark": "frontier", "settings": vars(args), "rows": rows}
+        out.with_suffix(".json"), {"benchmark": "frontier", "settings": settings, "rows": rows}
     )
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(rows))
