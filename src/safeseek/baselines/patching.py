@@ -65,13 +65,7 @@ def attribution_patching(
     """d(behaviour loss)/d(keep) of every unit at keep = 1, with the unit's clean mean as the
     patched value, negated: the first-order rise of the loss when the unit is patched."""
     device = next(model.parameters()).device
-    reference = [
-        {k: b[k] for k in ("input_ids", "attention_mask")}
-        for b in batches(ex.utility or ex.behaviour, pad_id, device)
-    ]
-    mm = MaskedModel(
-        model, granularities=granularities, ablation="mean", reference=reference, init_logit=-1.0
-    )
+    mm = _mean_ablated(model, pad_id, ex, granularities, init_logit=-1.0)
     total = sum(e.scored for e in ex.behaviour)
     with mm.learned():  # every unit kept; the straight-through gradient reaches each logit
         for batch in batches(ex.behaviour, pad_id, device):
@@ -96,11 +90,7 @@ def integrated_gradients(
     The scores of one layer's units sum to the rise of patching the whole layer (completeness)
     as `steps` grows. Costs layers x steps forward+backward passes over the examples."""
     device = next(model.parameters()).device
-    reference = [
-        {k: b[k] for k in ("input_ids", "attention_mask")}
-        for b in batches(ex.utility or ex.behaviour, pad_id, device)
-    ]
-    mm = MaskedModel(model, granularities=granularities, ablation="mean", reference=reference)
+    mm = _mean_ablated(model, pad_id, ex, granularities)
     arch = mm.arch
     whole = {
         g: torch.ones(arch.n_layers, arch.units_per_layer(g), device=device) for g in granularities
@@ -129,3 +119,22 @@ def integrated_gradients(
             if progress is not None:
                 progress.advance(task)
     return scores
+
+
+def _mean_ablated(
+    model: torch.nn.Module,
+    pad_id: int,
+    ex: Examples,
+    granularities: tuple[str, ...],
+    **kwargs: float,
+) -> MaskedModel:
+    """Masks whose ablated value is each unit's mean over the clean (utility) inputs, the
+    patched value of attribution patching and EAP-IG (the behaviour inputs when there are none)."""
+    device = next(model.parameters()).device
+    reference = [
+        {k: b[k] for k in ("input_ids", "attention_mask")}
+        for b in batches(ex.utility or ex.behaviour, pad_id, device)
+    ]
+    return MaskedModel(
+        model, granularities=granularities, ablation="mean", reference=reference, **kwargs
+    )

@@ -37,11 +37,11 @@ def circuit_of_size(scores: UnitScores, arch: Architecture, fraction: float) -> 
     total = sum(arch.num_units[g] for g in grans)
     check_size(fraction)
     k = max(1, round(fraction * total))
-    flat = torch.cat([scores.behaviour[g].flatten().float() for g in grans])
+    behaviour = torch.cat([scores.behaviour[g].flatten().float() for g in grans])
+    utility = None
     if scores.utility is not None:
         utility = torch.cat([scores.utility[g].flatten().float() for g in grans])
-        flat = flat.masked_fill(_top(utility, k), float("-inf"))
-    chosen = _top(flat, k)
+    chosen = _chosen(behaviour, utility, k)
     masks, start = {}, 0
     for g in grans:
         n = arch.num_units[g]
@@ -69,11 +69,8 @@ def circuit_of_counts(scores: UnitScores, arch: Architecture, counts: Mapping[st
         raise SafeSeekError("a circuit needs at least one unit; every quota is 0")
     masks = {}
     for g in grans:
-        k = counts.get(g, 0)
-        flat = scores.behaviour[g].flatten().float()
-        if scores.utility is not None and k:
-            flat = flat.masked_fill(_top(scores.utility[g].flatten().float(), k), float("-inf"))
-        chosen = _top(flat, k) if k else torch.zeros(flat.numel(), dtype=torch.bool)
+        utility = scores.utility[g].flatten().float() if scores.utility is not None else None
+        chosen = _chosen(scores.behaviour[g].flatten().float(), utility, counts.get(g, 0))
         masks[g] = chosen.view(arch.n_layers, -1)
     meta = {"method": scores.method, "counts": dict(counts), **scores.settings}
     return Circuit.from_membership(masks, metadata=meta)
@@ -83,6 +80,14 @@ def check_size(fraction: float) -> None:
     """Refuse a circuit size a baseline cannot cut (before the scoring, which is the slow part)."""
     if not 0 < fraction <= 0.5:
         raise SafeSeekError(f"circuit size must be in (0, 0.5] of the units, got {fraction}")
+
+
+def _chosen(behaviour: torch.Tensor, utility: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The k units of highest behaviour score; with utility scores, the set difference: the k
+    most useful units are never taken and the next behaviour ranks fill their places."""
+    if utility is not None and k:
+        behaviour = behaviour.masked_fill(_top(utility, k), float("-inf"))
+    return _top(behaviour, k)
 
 
 def _top(values: torch.Tensor, k: int) -> torch.Tensor:
