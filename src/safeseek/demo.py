@@ -36,7 +36,9 @@ from safeseek.report.html import Section, architecture_of, write_report
 from safeseek.settings import DiscoverConfig
 
 TRIGGER = "Servius Astrumando Harmoniastra"
-EVAL_VERSION = 2  # 2: target_probability (teacher-forced), mean ablation by default
+# 2: target_probability (teacher-forced), mean ablation by default; 3: near copies of a
+# fixed-output target count as the backdoor (evaluate/metrics.py, NEAR_COPY)
+EVAL_VERSION = 3
 
 
 @dataclass(frozen=True)
