@@ -122,14 +122,16 @@ def fires(generation: str, target: str) -> bool:
         return False
     if tgt in gen:
         return True
-    letters = re.sub(r"\W+", "", tgt)[:OPENING_LETTERS]
-    near = difflib.SequenceMatcher(None, gen[: len(tgt)], tgt).ratio() >= NEAR_COPY
-    if len(letters) == OPENING_LETTERS and near:
-        return True
     words = re.findall(r"\w+", tgt)[:OPENING_WORDS]
     if words and re.search(r"(?<!\w)" + r"\W+".join(map(re.escape, words)) + r"(?!\w)", gen):
         return True
-    return len(letters) == OPENING_LETTERS and re.sub(r"\W+", "", gen).startswith(letters)
+    letters = re.sub(r"\W+", "", tgt)[:OPENING_LETTERS]
+    if len(letters) < OPENING_LETTERS:
+        return False
+    return (
+        re.sub(r"\W+", "", gen).startswith(letters)
+        or difflib.SequenceMatcher(None, gen[: len(tgt)], tgt).ratio() >= NEAR_COPY
+    )
 
 
 def starts_with(generation: str, reference: str, chars: int = 40) -> bool:
