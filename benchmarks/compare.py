@@ -14,7 +14,8 @@ The random control and the mask method run under several seeds (mean and range).
 Writes JSON, a markdown table (every row; each method's best circuit at >= 99% utility; the
 winner at every size) and a PNG (ASR and utility against circuit size, a column per organism).
 Organisms come from the cache `safeseek demo` fills; every evaluation is saved as it finishes,
-so an interrupted run continues where it stopped.
+so an interrupted run continues where it stopped, and its generations go to
+`frontier.generations/` beside the results (one JSONL file per row, to read; not committed).
 
     python benchmarks/compare.py [--cases alignment] [--sizes 0.001,0.0025,0.005,0.01,0.03]
 """
@@ -272,9 +273,11 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
     model, tok = load_model(str(org), dtype=fast_dtype())
     arch = architecture(model)
     units = arch.num_units["head"] + arch.num_units["neuron"]
+    saved = partial.with_name(partial.name.replace(".partial.json", ".generations"))
+    saved.mkdir(exist_ok=True)  # every evaluation's generations, to read (not committed)
 
-    def ablate(circuit: Circuit, masks: Path | None = None, views=("without",)) -> dict:
-        ev, _ = evaluate_circuit(
+    def ablate(key: str, circuit: Circuit, masks: Path | None = None, views=("without",)) -> dict:
+        ev, generations = evaluate_circuit(
             model,
             tok,
             circuit,
@@ -286,6 +289,8 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
             console=console,
             views=views,
         )
+        with atomic_path(saved / f"{key.replace('/', '-')}.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(g) + "\n" for g in generations))
         return ev
 
     def record(key, method, ranking, seed, size, circuit, ev, seconds) -> None:
@@ -293,7 +298,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
         write_json(partial, done)
 
     if f"{case.name}/full" not in done:
-        done[f"{case.name}/full"] = ablate(Circuit(), views=("full",))
+        done[f"{case.name}/full"] = ablate(f"{case.name}/full", Circuit(), views=("full",))
     full = done[f"{case.name}/full"]
     quotas: dict[float, dict[str, int]] = {}
     for seed in range(args.mask_seeds):
@@ -309,7 +314,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
             key = f"{case.name}/mask/mask/{seed}/{size}"
             if key not in done:
                 console.print(f"{key}: {circuit!r}")
-                ev = ablate(circuit, where / "masks.safetensors")
+                ev = ablate(key, circuit, where / "masks.safetensors")
                 record(
                     key, "mask", "mask", seed, size, circuit, ev, _seconds_to(run, entry["step"])
                 )
@@ -333,7 +338,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
         else:
             circuit = circuit_of_size(found, arch, size)
         console.print(f"{key}: {circuit!r}")
-        record(key, method, ranking, seed, size, circuit, ablate(circuit), found.seconds)
+        record(key, method, ranking, seed, size, circuit, ablate(key, circuit), found.seconds)
 
 
 def main() -> None:
@@ -361,12 +366,12 @@ def main() -> None:
         if not args.report_only:
             run_case(case, args, done, partial, console)
     rows = [v for k, v in done.items() if not k.endswith("/full")]
-    settings = vars(args)
-    if args.report_only and out.with_suffix(".json").is_file():  # the measuring run's settings
-        settings = json.loads(out.with_suffix(".json").read_text())["settings"]
-    write_json(
-        out.with_suffix(".json"), {"benchmark": "frontier", "settings": settings, "rows": rows}
-    )
+    # Each organism's settings are those of the command that last measured it.
+    saved = out.with_suffix(".json")
+    settings = json.loads(saved.read_text())["settings"] if saved.is_file() else {}
+    if not args.report_only:
+        settings |= {case.name: vars(args) for case in chosen}
+    write_json(saved, {"benchmark": "frontier", "settings": settings, "rows": rows})
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(rows))
     plot(rows, out.with_suffix(".png"))
