@@ -273,8 +273,8 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
     model, tok = load_model(str(org), dtype=fast_dtype())
     arch = architecture(model)
     units = arch.num_units["head"] + arch.num_units["neuron"]
-    saved = partial.with_name(partial.name.replace(".partial.json", ".generations"))
-    saved.mkdir(exist_ok=True)  # every evaluation's generations, to read (not committed)
+    generations_dir = partial.with_name(partial.name.replace(".partial.json", ".generations"))
+    generations_dir.mkdir(exist_ok=True)  # every evaluation's generations, to read
 
     def ablate(key: str, circuit: Circuit, masks: Path | None = None, views=("without",)) -> dict:
         ev, generations = evaluate_circuit(
@@ -289,7 +289,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
             console=console,
             views=views,
         )
-        with atomic_path(saved / f"{key.replace('/', '-')}.jsonl") as tmp:
+        with atomic_path(generations_dir / f"{key.replace('/', '-')}.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(g) + "\n" for g in generations))
         return ev
 
@@ -367,11 +367,11 @@ def main() -> None:
             run_case(case, args, done, partial, console)
     rows = [v for k, v in done.items() if not k.endswith("/full")]
     # Each organism's settings are those of the command that last measured it.
-    saved = out.with_suffix(".json")
-    settings = json.loads(saved.read_text())["settings"] if saved.is_file() else {}
+    results = out.with_suffix(".json")
+    settings = json.loads(results.read_text())["settings"] if results.is_file() else {}
     if not args.report_only:
         settings |= {case.name: vars(args) for case in chosen}
-    write_json(saved, {"benchmark": "frontier", "settings": settings, "rows": rows})
+    write_json(results, {"benchmark": "frontier", "settings": settings, "rows": rows})
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(markdown(rows))
     plot(rows, out.with_suffix(".png"))
