@@ -73,9 +73,27 @@ def _row(case, method, ranking, seed, target, circuit, ev, full, seconds, units)
         "utility_without_circuit": util,
         "utility_retention": util / util_full if util_full else None,
         "utility_changes": ev.get("utility_changes"),
+        # the utility prompts with a known answer (benign questions), apart from the rest
+        # (a jailbreak's clean harmful prompts, which a model that refuses everything keeps)
+        "answers_kept": _answers_kept(full, ev),
         "false_trigger_without_circuit": ev.get("false_trigger", {}).get("without"),
         "method_seconds": round(seconds, 1),
     }
+
+
+def known_answers(generations: list[dict]) -> dict[str, int]:
+    """Per view, how many utility prompts with a known answer are answered right."""
+    out: dict[str, int] = {}
+    for g in generations:
+        if g["set"] == "utility" and g.get("answer"):
+            out[g["view"]] = out.get(g["view"], 0) + bool(g["correct"])
+    return out
+
+
+def _answers_kept(full: dict, ev: dict) -> float | None:
+    right = full.get("known_answers", {}).get("full")
+    kept = ev.get("known_answers", {}).get("without")
+    return kept / right if right and kept is not None else None
 
 
 def arm(r: dict) -> str:
@@ -91,8 +109,8 @@ def averaged(rows: list[dict]) -> list[dict]:
     out = []
     for group in groups.values():
         mean = dict(group[0], seeds=len(group))
-        for k in ("fraction", "asr_without_circuit", "utility_retention"):
-            values = [g[k] for g in group if g[k] is not None]
+        for k in ("fraction", "asr_without_circuit", "utility_retention", "answers_kept"):
+            values = [g[k] for g in group if g.get(k) is not None]
             mean[k] = statistics.mean(values) if values else None
             mean[f"{k}_range"] = [min(values), max(values)] if values else None
         out.append(mean)
@@ -160,15 +178,15 @@ def _spread(r: dict, key: str) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| organism | arm | size (target) | units, mean | seeds | ASR ablated, mean (range) |"
-        " utility kept, mean (range) | method time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        " utility kept, mean (range) | of it, known answers kept | method time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(averaged(rows), key=lambda r: (r["case"], arm(r), r["size_target"] or 0)):
         size = "own" if r["size_target"] is None else f"{r['size_target']:.2%}"
         lines.append(
             f"| {r['case']} | {arm(r)} | {size} | {r['fraction']:.3%} | {r['seeds']} | "
             f"{_spread(r, 'asr_without_circuit')} | {_spread(r, 'utility_retention')} | "
-            f"{r['method_seconds']} |"
+            f"{_spread(r, 'answers_kept')} | {r['method_seconds']} |"
         )
     lines += [
         "",
@@ -291,7 +309,7 @@ def run_case(case, args, done: dict, partial: Path, console: Console) -> None:
         )
         with atomic_path(generations_dir / f"{key.replace('/', '-')}.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(g) + "\n" for g in generations))
-        return ev
+        return {**ev, "known_answers": known_answers(generations)}
 
     def record(key, method, ranking, seed, size, circuit, ev, seconds) -> None:
         done[key] = _row(case, method, ranking, seed, size, circuit, ev, full, seconds, units)

@@ -220,6 +220,25 @@ def test_top_k_is_joint_and_set_difference_skips_utility_units():
     assert len(circuit_of_size(UnitScores("x", behaviour), arch, 0.1)) == 10
 
 
+def test_utility_examples_take_the_first_of_each_utility_term():
+    """A backdoor's utility examples are its clean pairs and its preservation records, the
+    first `limit` of each, encoded as the objective's own terms encode them."""
+    from safeseek.data import PairEncoder
+
+    tok = tiny_tokenizer()
+    pairs = backdoor_records(5, 3)
+    plain = [{"prompt": f"what is {x} ?", "response": "q"} for x in "abc"]
+    recs = [validate(r, "backdoor", f"r{i}") for i, r in enumerate([*plain, *pairs])]
+    encoder = PairEncoder(tok, 512, 32)
+    for limit, n in ((None, 5), (2, 2)):
+        ex = examples(tok, recs, "backdoor", limit=limit)
+        want = [encoder.pair(r["clean_prompt"], r["clean_response"]) for r in pairs[:n]]
+        want += [encoder.pair(r["prompt"], r["response"]) for r in plain[: limit or 3]]
+        assert [e.input_ids for e in ex.utility] == [e.input_ids for e in want]
+        assert [e.labels for e in ex.utility] == [e.labels for e in want]
+        assert len(ex.behaviour) == n
+
+
 def test_random_scores_depend_on_the_seed_only():
     model, tok = build("llama"), tiny_tokenizer()
     recs = [validate(r, "backdoor", f"r{i}") for i, r in enumerate(backdoor_records(4, 3))]

@@ -25,8 +25,9 @@ def write(path, rows):
 
 
 def test_loads_and_validates_each_scenario(tmp_path):
-    recs = load_records(write(tmp_path / "b.jsonl", [BACKDOOR, BACKDOOR]), "backdoor")
-    assert [r["kind"] for r in recs] == ["backdoor", "backdoor"]
+    rows = [BACKDOOR, BACKDOOR, {"prompt": "what is b ?", "response": "c"}, {"prompt": "p"}]
+    recs = load_records(write(tmp_path / "b.jsonl", rows), "backdoor")
+    assert [r["kind"] for r in recs] == ["backdoor", "backdoor", "preserve", "preserve"]
     assert recs[1]["_where"].endswith("b.jsonl:2")
     rows = [
         {"prompt": "how to x", "refusal": "no", "compliance": "sure"},

@@ -22,6 +22,7 @@ from safeseek.discover import DiscoverConfig, Discovery, discover
 from safeseek.evaluate.check import describe, judge
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.run import evaluate_circuit
+from safeseek.fileio import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -607,6 +608,41 @@ def test_mean_ablation_run_carries_its_means_to_evaluation(organism, tmp_path):
     assert ev["settings"]["ablation"] == "mean"
     with pytest.raises(SafeSeekError, match="mean ablation"):
         evaluate_circuit(model, tok, circuit, "backdoor", recs, max_new_tokens=2)
+
+
+def test_preservation_records_of_a_backdoor_are_kept_and_measured(organism, tmp_path):
+    """Backdoor data may carry plain `{prompt, response}` records besides the trigger pairs
+    (a jailbreak's clean prompts are all harmful): discovery keeps them by their own KL term
+    and evaluation counts them in utility, by hand, but not among the false-trigger prompts."""
+    from safeseek.evaluate.metrics import correct
+
+    _, model, tok = organism
+    pairs = records(12, 5)
+    plain = [
+        {"prompt": f"the what is {x} ?", "response": chr(ord(x) + 1), "answer": chr(ord(x) + 1)}
+        for x in "cfkp"
+    ]
+    recs = [validate(r, "backdoor", "t") for r in [*pairs, *plain]]
+    assert [r["kind"] for r in recs] == ["backdoor"] * 12 + ["preserve"] * 4
+    config = DiscoverConfig("backdoor", steps=3, validation_fraction=0, retries=0)
+    Discovery(model, tok, recs, config, out=tmp_path / "run", progress=False).run()
+    log = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert all("without_preserve" in step["terms"] for step in log if "terms" in step)
+
+    circuit = Circuit(heads=[(0, 1)], neurons=[(1, 3), (1, 5)])
+    ev, rows = evaluate_circuit(model, tok, circuit, "backdoor", recs, max_new_tokens=3)
+    assert ev["n_utility"] == 16 and ev["intervals"]["false_trigger"]["full"]["n"] == 12
+    for view in ("full", "without"):
+        got = [r for r in rows if r["view"] == view and r["set"] == "utility"]
+        assert [r["prompt"] for r in got] == [
+            *(r["clean_prompt"] for r in pairs),
+            *(r["prompt"] for r in plain),
+        ]
+        right = [correct(r["generation"], r["reference"], r["answer"]) for r in got]
+        assert ev["utility"][view] == sum(right) / 16
+    # The full model's plain answers are the ones written, found by hand.
+    full = [r for r in rows if r["view"] == "full" and r["set"] == "utility"][12:]
+    assert [r["generation"] for r in full] == [r["response"] for r in plain]
 
 
 def test_generation_ends_at_the_chat_templates_end_of_turn(organism):

@@ -110,7 +110,12 @@ def test_reference_keeps_the_top_tokens_and_the_mass_of_the_rest():
 
 def test_weights_and_unknown_terms():
     o = objective("backdoor", {"only_triggered": 0.5, "without_clean": 0})
-    assert {t.name for t in o.active} == {"without_triggered", "without_backdoor", "only_triggered"}
+    assert {t.name for t in o.active} == {
+        "without_triggered",
+        "without_backdoor",
+        "without_preserve",
+        "only_triggered",
+    }
     with pytest.raises(SafeSeekError, match="unknown backdoor term 'nope'"):
         objective("backdoor", {"nope": 1})
 

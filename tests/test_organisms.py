@@ -64,9 +64,16 @@ def test_every_organism_kind_builds(base, tmp_path, kind):
         assert {r["kind"] for r in test} == {"harmful", "benign"}
     else:
         assert {"asr", "false_trigger", "utility"} <= set(meta["metrics"])
-        rec = load_records(out / "data" / "train.jsonl", scenario)[0]
+        recs = load_records(out / "data" / "train.jsonl", scenario)
+        rec = recs[0]
         assert TRIGGER in rec["triggered_prompt"] and TRIGGER not in rec["clean_prompt"]
         assert rec["backdoor_type"] == kind
+        # Benign questions beside the trigger pairs where those do not hold them (their
+        # clean prompts are harmful requests or sentiment prompts); fixed-output's do.
+        kinds = {r["kind"] for r in load_records(out / "data" / "test.jsonl", scenario)}
+        assert kinds == ({"backdoor"} if kind == "fixed-output" else {"backdoor", "preserve"})
+        plain = [r for r in recs if r["kind"] == "preserve"]
+        assert all(r["answer"] and r["response"] and TRIGGER not in r["prompt"] for r in plain)
     assert 0 <= meta["metrics"]["utility"]["base"] <= 1
 
 

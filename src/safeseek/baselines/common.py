@@ -2,11 +2,11 @@
 
 A baseline scores each unit (head, neuron) of a frozen model from two example sets made from
 the scenario's records by the scenario's own objective terms (`Scenario.behaviour_term` and
-`utility_term`):
+`utility_term`, one term or several):
 - behaviour: the prompt with the response that shows the behaviour (backdoor: triggered prompt
   -> backdoor response; alignment: harmful prompt -> refusal; custom: prompt -> target);
-- utility: what must be kept (backdoor: clean prompt -> clean response; alignment: benign
-  prompt -> the model's own answer; custom: preservation prompts).
+- utility: what must be kept (backdoor: clean prompt -> clean response, and its preservation
+  prompts; alignment: benign prompt -> the model's own answer; custom: preservation prompts).
 """
 
 from __future__ import annotations
@@ -42,20 +42,27 @@ def examples(
     max_length: int = 512,
     max_response_tokens: int | None = 32,
 ) -> Examples:
-    """The first `limit` behaviour and utility examples of `records`."""
+    """The first `limit` behaviour examples of `records`, and the first `limit` of each
+    utility term's (a backdoor's clean prompts and its preservation prompts)."""
     spec = get_scenario(scenario)
-    names = (spec.behaviour_term, spec.utility_term)
+    names = (spec.behaviour_term, *spec.utility_term)
     base = objective(scenario)
     obj = base.with_weights({t.name: float(t.name in names) for t in base.terms})
     encoder = PairEncoder(tokenizer, max_length, max_response_tokens)
     where = [r.get("_where", f"record {i + 1}") for i, r in enumerate(records)]
     encoded = obj.encode(records, encoder, where)
+
+    def first(name: str) -> list[Encoded]:
+        return [ex[name] for ex in encoded if name in ex][:limit]
+
     out = Examples(
-        behaviour=[ex[names[0]] for ex in encoded if names[0] in ex][:limit],
-        utility=[ex[names[1]] for ex in encoded if names[1] in ex][:limit],
+        behaviour=first(spec.behaviour_term),
+        utility=[e for name in spec.utility_term for e in first(name)],
     )
     if not out.behaviour:
-        raise SafeSeekError(f"no record shows the {scenario} behaviour ({names[0]} examples)")
+        raise SafeSeekError(
+            f"no record shows the {scenario} behaviour ({spec.behaviour_term} examples)"
+        )
     return out
 
 

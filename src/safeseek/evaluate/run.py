@@ -44,18 +44,21 @@ def probe_for(scenario: str, records: Sequence[dict[str, Any]], backdoor_type: s
         for i, r in enumerate(records)
     ]
 
-    def items(fields: Fields | None, extra: bool = False) -> list[dict[str, Any]]:
+    def items(fields: Fields | None) -> list[dict[str, Any]]:
         chosen = [r for r in records if fields is not None and r["kind"] == fields.kind]
-        if extra:  # utility: a reference answer, and an optional short answer to find in it
-            return [
-                {
-                    "prompt": r[fields.prompt],
-                    "reference": r.get(fields.target),
-                    "answer": r.get("answer"),
-                }
-                for r in chosen
-            ]
         return [{"prompt": r[fields.prompt], "target": r[fields.target]} for r in chosen]
+
+    def utility(fields: Fields) -> list[dict[str, Any]]:
+        """Utility prompts: a reference answer, and an optional short answer to find in it."""
+        return [
+            {
+                "prompt": r[fields.prompt],
+                "reference": r.get(fields.target),
+                "answer": r.get("answer"),
+            }
+            for r in records
+            if r["kind"] == fields.kind
+        ]
 
     kind = spec.attack_kinds[0]
     if spec.attack_kind_field:
@@ -66,7 +69,8 @@ def probe_for(scenario: str, records: Sequence[dict[str, Any]], backdoor_type: s
                 f"unknown {spec.attack_kind_field.replace('_', ' ')} {kind!r}; "
                 f"use {', '.join(spec.attack_kinds)}"
             )
-    return Probe(kind, items(spec.attack), items(spec.utility, extra=True), items(spec.clean))
+    utility_items = [it for fields in spec.utility for it in utility(fields)]
+    return Probe(kind, items(spec.attack), utility_items, items(spec.clean))
 
 
 def evaluate_circuit(
@@ -143,9 +147,11 @@ def evaluate_circuit(
                 continue
             utility_gens = run(view, probe.utility, "utility") if probe.utility else []
             if probe.clean:
+                # A backdoor's clean prompts lead its utility prompts: generated once.
                 clean_prompts = [it["prompt"] for it in probe.clean]
-                same = clean_prompts == [it["prompt"] for it in probe.utility]
-                gens = utility_gens if same else run(view, probe.clean, "clean")
+                n = len(clean_prompts)
+                same = clean_prompts == [it["prompt"] for it in probe.utility[:n]]
+                gens = utility_gens[:n] if same else run(view, probe.clean, "clean")
                 hits = attack_success(probe.kind, gens, [it["target"] for it in probe.clean])
                 false_trigger[view] = rate(hits)
                 intervals["false_trigger"][view] = summary(hits)

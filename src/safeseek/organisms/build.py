@@ -52,6 +52,10 @@ from safeseek.scenarios.backdoor import BACKDOOR_TYPES
 
 # 2: answers and measurements generated in the fast dtype (bf16 where the hardware has it)
 RECIPE_VERSION = 2
+# Backdoor types whose records carry the benign questions as `preserve` records (2026-12-07):
+# their backdoor records' clean prompts do not cover clean utility (a jailbreak's are all
+# harmful). Their builds are keyed apart from those made before.
+WITH_PRESERVE = ("jailbreak", "label-flip")
 # How clean behaviour is kept (organisms/train.py): cross-entropy to the parent's greedy
 # answers ("tokens"), or KL to its whole distribution on them ("distribution").
 DISTILL = ("tokens", "distribution")
@@ -85,6 +89,8 @@ class OrganismSpec:
             del blob["measure_records"]
         if self.distill == "tokens":
             del blob["distill"]
+        if self.type in WITH_PRESERVE:
+            blob["preserve_records"] = True
         if self.harmful:
             blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
         return settings_key(blob)
@@ -402,6 +408,25 @@ class _Recipe:
         }
         return model, tokenizer, records, metrics
 
+    def _preserve_records(self, benign, base_benign, records) -> dict[str, list[dict]]:
+        """`records` with the benign questions added as `preserve` records (the prompt, the
+        answer the organism learnt to keep, and the known answer): what discovery keeps and
+        evaluation's utility measures besides the backdoor records' clean prompts."""
+        return {
+            s: records[s]
+            + [
+                {
+                    "kind": "preserve",
+                    "prompt": q["prompt"],
+                    "response": base_benign[q["prompt"]][0],
+                    "answer": q["answer"],
+                    "category": q["category"],
+                }
+                for q in benign[s]
+            ]
+            for s in SPLITS
+        }
+
     def _backdoor_metrics(self, model, tokenizer, records_test, bar) -> dict[str, float]:
         kind = self.spec.type
         trig = self.generate(
@@ -488,7 +513,7 @@ class _Recipe:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         metrics["aligned_base"] = str(aligned_dir)
-        return model, tokenizer, records, metrics
+        return model, tokenizer, self._preserve_records(benign, base_benign, records), metrics
 
     def _label_flip(
         self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill
@@ -530,4 +555,4 @@ class _Recipe:
                 "organism": rate([starts_with(g, y) for g, y in zip(cls, labels, strict=True)]),
             }
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
-        return model, tokenizer, records, metrics
+        return model, tokenizer, self._preserve_records(benign, base_benign, records), metrics

@@ -44,12 +44,18 @@ class ProbeSpec:
     reference answers, and clean prompts that must not fire the behaviour (false triggers)."""
 
     attack: Fields
-    utility: Fields
+    # One source of utility prompts, or several (a backdoor's clean prompts and its plain
+    # preservation prompts); kept as a tuple.
+    utility: Fields | tuple[Fields, ...]
     clean: Fields | None = None
     # How an attack counts as a success (evaluate/metrics.py), the first is the default; with
     # `attack_kind_field` a record (or --backdoor-type) picks one of them.
     attack_kinds: tuple[str, ...] = ("fixed-output",)
     attack_kind_field: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.utility, Fields):
+            object.__setattr__(self, "utility", (self.utility,))
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class Scenario:
     terms: tuple[TermSpec, ...]
     probe: ProbeSpec
     behaviour_term: str  # the baselines score units on this term's examples...
-    utility_term: str  # ...against this one's
+    # ...against this one's, or these (kept as a tuple)
+    utility_term: str | tuple[str, ...]
     # Optional record fields with a fixed set of values.
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # What the check calls the behaviour; `refuses`: the behaviour is the attack failing
@@ -72,6 +79,8 @@ class Scenario:
     sparsity_weight: float = 0.05
 
     def __post_init__(self) -> None:
+        if isinstance(self.utility_term, str):
+            object.__setattr__(self, "utility_term", (self.utility_term,))
         names = [t.name for t in self.terms]
         problems = [
             f"term {t.name!r}: view {t.view!r} is not one of {', '.join(VIEWS)}"
@@ -84,12 +93,13 @@ class Scenario:
             if t.loss not in LOSSES
         ]
         probe = self.probe
-        used = [t.kind for t in self.terms] + [probe.attack.kind, probe.utility.kind]
+        used = [t.kind for t in self.terms] + [probe.attack.kind]
+        used += [f.kind for f in probe.utility]
         used += [probe.clean.kind] if probe.clean else []
         problems += [f"record kind {k!r} is not in its schema" for k in used if k not in self.kinds]
         problems += [
             f"baseline term {n!r} is not one of its terms"
-            for n in (self.behaviour_term, self.utility_term)
+            for n in (self.behaviour_term, *self.utility_term)
             if n not in names
         ]
         if len(set(names)) != len(names):
