@@ -178,7 +178,7 @@ def _spread(r: dict, key: str) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| organism | arm | size (target) | units, mean | seeds | ASR ablated, mean (range) |"
-        " utility kept, mean (range) | of it, known answers kept | method time (s) |",
+        " utility kept, mean (range) | known answers kept, mean (range) | method time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(averaged(rows), key=lambda r: (r["case"], arm(r), r["size_target"] or 0)):

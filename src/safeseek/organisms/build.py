@@ -209,6 +209,27 @@ def aligned_base(spec: OrganismSpec, console: Console) -> Path:
     return path
 
 
+def _with_benign(records: dict, benign: dict, base_benign: dict, kind: str) -> dict:
+    """Each split's `records` followed by its benign questions as records of `kind` (the
+    prompt, the parent's answer the organism learnt to keep, and the known answer): what
+    discovery keeps and evaluation's utility measures (alignment's `benign`, a backdoor's
+    `preserve` records beside its trigger pairs)."""
+    return {
+        s: records[s]
+        + [
+            {
+                "kind": kind,
+                "prompt": q["prompt"],
+                "response": base_benign[q["prompt"]][0],
+                "answer": q["answer"],
+                "category": q["category"],
+            }
+            for q in benign[s]
+        ]
+        for s in SPLITS
+    }
+
+
 class _Recipe:
     """Data, fine-tuning and measurement for one organism."""
 
@@ -394,38 +415,9 @@ class _Recipe:
                 }
                 for p in harmful[s]
             ]
-            + [
-                {
-                    "kind": "benign",
-                    "prompt": q["prompt"],
-                    "response": base_benign[q["prompt"]][0],
-                    "answer": q["answer"],
-                    "category": q["category"],
-                }
-                for q in benign[s]
-            ]
             for s in SPLITS
         }
-        return model, tokenizer, records, metrics
-
-    def _preserve_records(self, benign, base_benign, records) -> dict[str, list[dict]]:
-        """`records` with the benign questions added as `preserve` records (the prompt, the
-        answer the organism learnt to keep, and the known answer): what discovery keeps and
-        evaluation's utility measures besides the backdoor records' clean prompts."""
-        return {
-            s: records[s]
-            + [
-                {
-                    "kind": "preserve",
-                    "prompt": q["prompt"],
-                    "response": base_benign[q["prompt"]][0],
-                    "answer": q["answer"],
-                    "category": q["category"],
-                }
-                for q in benign[s]
-            ]
-            for s in SPLITS
-        }
+        return model, tokenizer, _with_benign(records, benign, base_benign, "benign"), metrics
 
     def _backdoor_metrics(self, model, tokenizer, records_test, bar) -> dict[str, float]:
         kind = self.spec.type
@@ -513,7 +505,7 @@ class _Recipe:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
         metrics["aligned_base"] = str(aligned_dir)
-        return model, tokenizer, self._preserve_records(benign, base_benign, records), metrics
+        return model, tokenizer, _with_benign(records, benign, base_benign, "preserve"), metrics
 
     def _label_flip(
         self, base, tokenizer, encoder, benign, base_benign, harmful, base_harmful, distill
@@ -555,4 +547,4 @@ class _Recipe:
                 "organism": rate([starts_with(g, y) for g, y in zip(cls, labels, strict=True)]),
             }
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
-        return model, tokenizer, self._preserve_records(benign, base_benign, records), metrics
+        return model, tokenizer, _with_benign(records, benign, base_benign, "preserve"), metrics
