@@ -8,8 +8,9 @@ behaviour >= 95% (refusal for align, ASR for backdoors), false trigger <= 5%, be
         [--distill tokens|distribution] [--steps N] [--lr LR]
 
 Builds are cached like any organism (`$SAFESEEK_CACHE/organisms`), so a rerun only reads them;
-a seed's aligned organism is built first and is the base of its jailbreak organism, whose time
-is its own. Rows are kept per recipe (version, distillation, steps, lr), so recipes compare.
+a seed's aligned organism (always the default recipe) is built first and is the base of its
+jailbreak organism, whose time is its own. Rows are kept per recipe (version, distillation,
+steps, lr), so recipes compare.
 Writes benchmarks/results/organisms.{json,md}.
 """
 
@@ -17,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from safeseek.demo import TRIGGER
 from safeseek.evaluate.metrics import wilson
 from safeseek.fileio import write_json
 from safeseek.organisms import OrganismSpec
-from safeseek.organisms.build import RECIPE_VERSION
+from safeseek.organisms.build import RECIPE_VERSION, aligned_spec, cached_dir
 from safeseek.pipeline import organism
 from safeseek.seeds import span
 
@@ -151,6 +155,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_alone(wanted: OrganismSpec) -> None:
+    """Build (unless cached) in a fresh process, as `safeseek organism` does: in one process
+    that had built others, a build's steps grew from 2.1 to 3.6 s (align, 100 steps, the
+    third of seven builds) and its time was not its own."""
+    if cached_dir(wanted.kind, wanted.type, wanted.key()).joinpath("organism.json").is_file():
+        return
+    subprocess.run([sys.executable, __file__, "--build", json.dumps(asdict(wanted))], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -158,18 +171,24 @@ def main() -> None:
     parser.add_argument("--distill", default="tokens")
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--lr", type=float, default=OrganismSpec.lr)
+    parser.add_argument("--build", help=argparse.SUPPRESS)  # one spec (JSON), in its process
     args = parser.parse_args()
+    if args.build:
+        organism(OrganismSpec(**json.loads(args.build)), Console(stderr=True))
+        return
     settings = {"distill": args.distill, "steps": args.steps, "lr": args.lr}
     console = Console(stderr=True)
     out = RESULTS / "organisms.json"
     kept = json.loads(out.read_text())["rows"] if out.is_file() else []
     done: list[dict[str, Any]] = []
     kinds = args.kinds.split(",")
-    if "jailbreak" in kinds and "align" not in kinds:
-        kinds.insert(0, "align")  # its base, built first so that its time is its own
     for seed in map(int, args.seeds.split(",")):
         for kind in sorted(kinds, key=KINDS.index):
-            _, meta = organism(spec(kind, seed, **settings), console)
+            wanted = spec(kind, seed, **settings)
+            if kind == "jailbreak":  # its base, built first: its time is its own
+                build_alone(aligned_spec(wanted))
+            build_alone(wanted)
+            _, meta = organism(wanted, console)  # read from the cache
             done.append(row(kind, seed, meta))
             console.print(json.dumps(done[-1]["targets_met"]), f"{kind} seed {seed}")
     mine = {(r["recipe"], r["kind"], r["seed"]) for r in done}

@@ -194,9 +194,9 @@ def place(cached: Path, out: Path) -> None:
         shutil.copytree(cached, tmp, copy_function=link)
 
 
-def aligned_base(spec: OrganismSpec, console: Console) -> Path:
-    """The aligned organism a jailbreak backdoor is planted in (built once, in the cache)."""
-    align = OrganismSpec(
+def aligned_spec(spec: OrganismSpec) -> OrganismSpec:
+    """The aligned organism (default recipe) a jailbreak backdoor of `spec` is planted in."""
+    return OrganismSpec(
         "align",
         model=spec.model,
         harmful=spec.harmful,
@@ -204,6 +204,11 @@ def aligned_base(spec: OrganismSpec, console: Console) -> Path:
         max_new_tokens=spec.max_new_tokens,
         measure_records=spec.measure_records,
     )
+
+
+def aligned_base(spec: OrganismSpec, console: Console) -> Path:
+    """The aligned organism a jailbreak backdoor is planted in (built once, in the cache)."""
+    align = aligned_spec(spec)
     path = cached_dir(align.kind, align.type, align.key())
     build_organism(align, path, console)
     return path
