@@ -10,7 +10,7 @@ weight 1, on a backdoored SmolLM2, the circuit found kept only 62% of clean util
 kept 97%, with the backdoor still fully removed.
 """
 
-from safeseek.scenarios.spec import Fields, ProbeSpec, Scenario, TermSpec
+from safeseek.scenarios.spec import WITHOUT_PRESERVE, Fields, ProbeSpec, Scenario, TermSpec
 
 BACKDOOR_TYPES = ("fixed-output", "jailbreak", "label-flip")
 
@@ -53,16 +53,7 @@ SCENARIO = Scenario(
             "clean_response",
             "without the circuit, clean prompts behave as in the full model",
         ),
-        TermSpec(
-            "without_preserve",
-            "without",
-            "kl",
-            4.0,
-            "preserve",
-            "prompt",
-            None,
-            "without the circuit, preservation prompts behave as in the full model",
-        ),
+        WITHOUT_PRESERVE,
         TermSpec(
             "only_triggered",
             "only",

@@ -5,7 +5,7 @@ Records: behaviour `{prompt, target}` and preservation `{prompt, response}` (or 
 `preserve`).
 """
 
-from safeseek.scenarios.spec import Fields, ProbeSpec, Scenario, TermSpec
+from safeseek.scenarios.spec import WITHOUT_PRESERVE, Fields, ProbeSpec, Scenario, TermSpec
 
 SCENARIO = Scenario(
     name="custom",
@@ -22,16 +22,7 @@ SCENARIO = Scenario(
             "target",
             "without the circuit, the target becomes unlikely",
         ),
-        TermSpec(
-            "without_preserve",
-            "without",
-            "kl",
-            4.0,
-            "preserve",
-            "prompt",
-            None,
-            "without the circuit, preservation prompts behave as in the full model",
-        ),
+        WITHOUT_PRESERVE,
         TermSpec(
             "only_behaviour",
             "only",

@@ -29,6 +29,20 @@ class TermSpec:
     help: str = ""
 
 
+# Records of kind `preserve` (anything else a circuit must not break): one term, the same in
+# every scenario that accepts them.
+WITHOUT_PRESERVE = TermSpec(
+    "without_preserve",
+    "without",
+    "kl",
+    4.0,
+    "preserve",
+    "prompt",
+    None,
+    "without the circuit, preservation prompts behave as in the full model",
+)
+
+
 @dataclass(frozen=True)
 class Fields:
     """Where a probe's prompts come from: records of `kind`, two of their fields."""
