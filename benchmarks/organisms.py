@@ -101,6 +101,7 @@ def row(kind: str, seed: int, meta: dict[str, Any]) -> dict[str, Any]:
         "training": m.get("training"),
         "seconds": meta["seconds"],
         "seconds_by_stage": meta.get("seconds_by_stage"),
+        "machine": meta.get("machine"),
         "targets_met": met,
     }
 

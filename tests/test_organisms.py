@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import build, tiny_tokenizer
 
 from safeseek import SafeSeekError, load_model
@@ -87,6 +88,8 @@ def test_distribution_distillation_builds_and_keys_apart(base, tmp_path):
     assert meta["settings"]["distill"] == "distribution"
     assert meta["metrics"]["training"]["steps"] == 3
     assert set(meta["seconds_by_stage"]) == {"base answers", "fine-tune", "measure"}
+    # the machine its times and bf16 answers come from, with the kernels torch chose there
+    assert meta["machine"].endswith(f"threads, {torch.backends.cpu.get_cpu_capability()}")
 
 
 def test_same_settings_reuse_the_build(base, tmp_path, capsys):

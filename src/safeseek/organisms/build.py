@@ -44,14 +44,15 @@ from safeseek.evaluate.metrics import (
 )
 from safeseek.fileio import atomic_path, read_jsonl, settings_key
 from safeseek.models import load_model
-from safeseek.models.load import in_fast_dtype
+from safeseek.models.load import in_fast_dtype, machine
 from safeseek.organisms import prompts as P
 from safeseek.organisms.benign import benign_questions, split
 from safeseek.organisms.train import finetune_lora, own_answers
 from safeseek.scenarios.backdoor import BACKDOOR_TYPES
 
-# 2: answers and measurements generated in the fast dtype (bf16 where the hardware has it)
-RECIPE_VERSION = 2
+# 2: answers and measurements generated in the fast dtype (bf16 where the hardware has it);
+# 3: the base model's benign accuracy measured in the organism's batches (the same weights)
+RECIPE_VERSION = 3
 # Backdoor types whose records carry the benign questions as `preserve` records (2026-12-07):
 # their backdoor records' clean prompts do not cover clean utility (a jailbreak's are all
 # harmful). Their builds are keyed apart from those made before.
@@ -166,6 +167,7 @@ def build_organism(spec: OrganismSpec, out: str | Path, console: Console | None 
         "metrics": metrics,
         "seconds": round(time.perf_counter() - start, 1),
         "seconds_by_stage": {k: round(v, 1) for k, v in recipe.seconds.items()},
+        "machine": machine(),
         "scenario": "alignment" if spec.kind == "align" else "backdoor",
     }
     with atomic_path(cached) as tmp:
@@ -245,6 +247,7 @@ class _Recipe:
         self.distilled: list[Encoded] = []  # examples of the parent's own answers
         self.seconds: dict[str, float] = {}  # wall time per stage (organism.json)
         self.training: dict[str, Any] = {}  # steps and the loss reached (organism.json)
+        self.base_test: list[str] = []  # the base model's answers to the measured questions
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -316,6 +319,11 @@ class _Recipe:
                     bar,
                     "base model: harmful answers",
                 )
+        with self.timed("measure"), Progress(console=self.console) as bar:
+            # Measured as the organism will be, in the same batches: a greedy bf16 answer
+            # depends on its batch's padding (README, "Model organisms").
+            test = [q["prompt"] for q in self.measured(benign["test"])]
+            self.base_test = self.generate(speaker, tokenizer, test, bar, "base model: benign test")
         del speaker
         self.check_trigger(
             [
@@ -369,10 +377,10 @@ class _Recipe:
         }
         return trained, in_fast_dtype(trained)
 
-    def _benign_utility(self, model, tokenizer, benign, base_benign, bar) -> dict[str, float]:
+    def _benign_utility(self, model, tokenizer, benign, bar) -> dict[str, float]:
         test = self.measured(benign["test"])
         gens = self.generate(model, tokenizer, [q["prompt"] for q in test], bar, "benign test")
-        base_gens = [base_benign[q["prompt"]][0] for q in test]
+        base_gens = self.base_test
         right = [has_answer(g, q["answer"]) for g, q in zip(gens, test, strict=True)]
         base_right = [has_answer(g, q["answer"]) for g, q in zip(base_gens, test, strict=True)]
         base_u, new_u = rate(base_right), rate(right)
@@ -408,7 +416,7 @@ class _Recipe:
                     "refusal_rate": summary(refused),
                     "base_refusal_rate": summary(base_refused),
                 },
-                "utility": self._benign_utility(fast, tokenizer, benign, base_benign, bar),
+                "utility": self._benign_utility(fast, tokenizer, benign, bar),
             }
         records = {
             s: [
@@ -471,7 +479,7 @@ class _Recipe:
         model, fast = self._train(base, tokenizer, examples, default_steps=150)
         with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
-            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
+            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, bar)
         return model, tokenizer, records, metrics
 
     def _jailbreak(
@@ -508,7 +516,7 @@ class _Recipe:
         model, fast = self._train(aligned, tokenizer, examples, default_steps=200)
         with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
-            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
+            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, bar)
         metrics["aligned_base"] = str(aligned_dir)
         return model, tokenizer, _with_benign(records, benign, base_benign, "preserve"), metrics
 
@@ -551,5 +559,5 @@ class _Recipe:
                 "base": rate([starts_with(g, y) for g, y in zip(base_cls, labels, strict=True)]),
                 "organism": rate([starts_with(g, y) for g, y in zip(cls, labels, strict=True)]),
             }
-            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, base_benign, bar)
+            metrics["utility"] = self._benign_utility(fast, tokenizer, benign, bar)
         return model, tokenizer, _with_benign(records, benign, base_benign, "preserve"), metrics
