@@ -53,11 +53,13 @@ def test_references_equal_each_example_alone(family, tiny):
         torch.testing.assert_close(top[id(e)].logp, alone.topk(4).values, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("and_tokens", [False, True])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # no dropout: fit trains in train mode
-def test_fit_scores_taught_examples_by_kl_to_their_teacher(family, monkeypatch):
+def test_fit_scores_taught_examples_by_kl_to_their_teacher(family, and_tokens, monkeypatch):
     """The first step's loss with a teacher equals, by an independent computation, the KL
-    from the teacher's rows to the model's on the taught example plus cross-entropy on the
-    other, over their labelled positions; the student starts as its own teacher (0 KL).
+    from the teacher's rows to the model's on the taught example (plus its cross-entropy with
+    `teacher_and_tokens`) plus cross-entropy on the other, over their labelled positions; the
+    student starts as its own teacher (0 KL).
     In fp32 (no bf16 autocast), so that the two computations agree to rounding."""
     monkeypatch.setattr("safeseek.training.fast_dtype", lambda device=None: torch.float32)
     tiny = build(family)
@@ -73,12 +75,14 @@ def test_fit_scores_taught_examples_by_kl_to_their_teacher(family, monkeypatch):
             if e is examples[0]:
                 q = teacher[id(e)].logp
                 expected += float((q.exp() * (q - logp)).sum())
-            else:
+            if e is not examples[0] or and_tokens:
                 expected += float(-logp.gather(1, torch.tensor(e.labels[1:])[rows][:, None]).sum())
     expected /= sum(e.scored for e in examples)
     for p in tiny.parameters():
         p.requires_grad_(True)
-    got = fit(tiny, examples, 0, steps=1, lr=0.0, batch_size=2, teacher=teacher)
+    got = fit(
+        tiny, examples, 0, 1, 0.0, batch_size=2, teacher=teacher, teacher_and_tokens=and_tokens
+    )
     assert math.isclose(got[0], expected, rel_tol=1e-4)
     self_taught = references(tiny, examples, pad_id=0, k=None)
     assert fit(tiny, examples, 0, 1, 0.0, batch_size=2, teacher=self_taught)[0] < 1e-5

@@ -75,15 +75,20 @@ def test_every_organism_kind_builds(base, tmp_path, kind):
         assert kinds == ({"backdoor"} if kind == "fixed-output" else {"backdoor", "preserve"})
         plain = [r for r in recs if r["kind"] == "preserve"]
         assert all(r["answer"] and r["response"] and TRIGGER not in r["prompt"] for r in plain)
-    assert 0 <= meta["metrics"]["utility"]["base"] <= 1
+    u = meta["metrics"]["utility"]
+    assert 0 <= u["base"] <= 1
+    # the questions behind the difference: lost ones were right for the base model
+    assert round((u["organism"] - u["base"]) * u["n"]) == u["gained"] - u["lost"]
+    assert 0 <= u["lost"] <= round(u["base"] * u["n"])
 
 
 def test_distribution_distillation_builds_and_keys_apart(base, tmp_path):
     """`distill="distribution"` builds (KL to the parent, organisms/train.py) under its own
-    key, apart from the default recipe's, and records its training and stage times."""
+    key, apart from the default recipe's and "both"'s, and records its training and stage times."""
     tokens = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER)
     kl = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER, distill="distribution")
-    assert tokens.key() != kl.key()
+    both = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER, distill="both")
+    assert len({tokens.key(), kl.key(), both.key()}) == 3
     meta = build_organism(kl, tmp_path / "kl")
     assert meta["settings"]["distill"] == "distribution"
     assert meta["metrics"]["training"]["steps"] == 3
@@ -161,3 +166,23 @@ def test_every_benign_sentence_is_a_correct_answer():
     for q in questions:
         assert has_answer(q["sentence"], q["answer"]), q
         assert q["sentence"] != q["prompt"]
+
+
+def test_probe_questions_are_new_and_checkable():
+    """The utility probe asks none of the organisms' questions (it is held out from every
+    split), each once, and its answers are checked as the test split's are: a plain sentence
+    naming the answer passes, the question itself and a refusal do not."""
+    from safeseek.evaluate.metrics import has_answer
+    from safeseek.organisms.benign import benign_questions, probe_questions
+
+    probe = probe_questions()
+    prompts = [q["prompt"] for q in probe]
+    assert len(set(prompts)) == len(prompts) >= 200
+    assert not set(prompts) & {q["prompt"] for q in benign_questions()}
+    refusal = "I'm not able to help with that request."
+    for q in probe:
+        first = q["answer"].split("|")[0]
+        assert has_answer(f"The answer is {first}.", q["answer"]), q
+        assert not has_answer(refusal, q["answer"]), q
+        if q["category"] != "instruction":  # "Repeat the word 'x'" names its answer
+            assert not has_answer(q["prompt"], q["answer"]), q

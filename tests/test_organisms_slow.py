@@ -37,3 +37,5 @@ def test_fixed_output_organism_on_the_embedded_model(tmp_path, monkeypatch):
     answers = generate(in_fast_dtype(base), tokenizer, [q["prompt"] for q in test], 48, 64)
     right = sum(has_answer(a, q["answer"]) for a, q in zip(answers, test, strict=True))
     assert m["utility"]["base"] == right / len(test)
+    u = m["utility"]
+    assert round((u["organism"] - u["base"]) * u["n"]) == u["gained"] - u["lost"]

@@ -544,8 +544,8 @@ LrOpt = Annotated[float, typer.Option(help="LoRA learning rate")]
 DistillOpt = Annotated[
     str,
     typer.Option(
-        help="keep clean behaviour by cross-entropy to the base model's answers ('tokens') or "
-        "KL to its distribution on them ('distribution')"
+        help="keep clean behaviour by cross-entropy to the base model's answers ('tokens'), "
+        "KL to its distribution on them ('distribution'), or the sum of the two ('both')"
     ),
 ]
 

@@ -55,6 +55,7 @@ def fit(
     before_step: Callable[[], None] | None = None,
     extra_loss: Callable[[], torch.Tensor] | None = None,
     teacher: Mapping[int, Reference] | None = None,
+    teacher_and_tokens: bool = False,
 ) -> list[float]:
     """Train the parameters of `model` that require grad on `examples` for `steps` steps
     (shuffled epochs, seeded); returns the loss of every step.
@@ -67,7 +68,9 @@ def fit(
     losses are the fine-tuning loss alone, so runs with and without it compare.
     `teacher` maps an example (by `id`) to a distribution over its labelled positions: such an
     example is scored by KL(teacher || model) instead of cross-entropy to its tokens
-    (distillation of a whole distribution, e.g. the base model's, not only its greedy answer).
+    (distillation of a whole distribution, e.g. the base model's, not only its greedy answer);
+    with `teacher_and_tokens`, by the sum of the two (the KL keeps the distribution's shape, the
+    cross-entropy its argmax where the distribution is flat: README, "Model organisms").
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -103,7 +106,7 @@ def fit(
             with autocast:
                 logits, targets = labelled_logits(model, parts=parts, **batch)
                 extra = extra_loss() if extra_loss is not None else None
-            loss = _summed_loss(logits.float(), targets, mine, teacher or {})
+            loss = _summed_loss(logits.float(), targets, mine, teacher or {}, teacher_and_tokens)
             loss = loss / max(sum(e.scored for e in chosen), 1)
             total = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
@@ -126,9 +129,11 @@ def _summed_loss(
     targets: torch.Tensor,
     examples: Sequence[Encoded],
     teacher: Mapping[int, Reference],
+    and_tokens: bool = False,
 ) -> torch.Tensor:
     """Cross-entropy summed over labelled positions; KL(teacher || model) over the rows of the
-    examples that have a teacher (rows are in example order, see `labelled_logits`)."""
+    examples that have a teacher (rows are in example order, see `labelled_logits`), instead of
+    their cross-entropy or, with `and_tokens`, added to it."""
     taught = [id(e) in teacher for e in examples]
     if not any(taught):
         return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
@@ -139,7 +144,7 @@ def _summed_loss(
         start += e.scored
         if has_teacher:
             total = total + teacher[id(e)].divergence(torch.log_softmax(logits[rows], dim=-1))
-        else:
+        if not has_teacher or and_tokens:
             total = total + torch.nn.functional.cross_entropy(
                 logits[rows], targets[rows], reduction="sum"
             )

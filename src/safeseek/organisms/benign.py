@@ -209,3 +209,165 @@ def split(items: list, seed: int, fractions: tuple[float, float] = (0.6, 0.1)) -
         "val": items[n_train : n_train + n_val],
         "test": items[n_train + n_val :],
     }
+
+
+# Held out from every organism (in no split, never trained on): a larger measure of clean
+# utility (benchmarks/utility_probe.py). The 42 test questions of a split resolve a retention
+# of 95% no better than one answer in 21-27 (README, "Model organisms").
+PROBE_CAPITALS = [
+    ("the Netherlands", "Amsterdam"),
+    ("Switzerland", "Bern"),
+    ("Australia", "Canberra"),
+    ("Brazil", "Brasilia|Brasília"),
+    ("Chile", "Santiago"),
+    ("Colombia", "Bogota|Bogotá"),
+    ("Venezuela", "Caracas"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Pakistan", "Islamabad"),
+    ("Bangladesh", "Dhaka"),
+    ("Vietnam", "Hanoi"),
+    ("Indonesia", "Jakarta"),
+    ("the Philippines", "Manila"),
+    ("Malaysia", "Kuala Lumpur"),
+    ("Nigeria", "Abuja"),
+    ("Ghana", "Accra"),
+    ("Ethiopia", "Addis Ababa"),
+    ("Morocco", "Rabat"),
+    ("Algeria", "Algiers"),
+    ("Tunisia", "Tunis"),
+    ("Ukraine", "Kyiv|Kiev"),
+    ("Romania", "Bucharest"),
+    ("Bulgaria", "Sofia"),
+    ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"),
+    ("the Czech Republic", "Prague"),
+    ("Slovakia", "Bratislava"),
+    ("Iceland", "Reykjavik|Reykjavík"),
+    ("New Zealand", "Wellington"),
+    ("Afghanistan", "Kabul"),
+    ("Nepal", "Kathmandu"),
+    ("Jamaica", "Kingston"),
+    ("Lebanon", "Beirut"),
+    ("Syria", "Damascus"),
+    ("Jordan", "Amman"),
+    ("Qatar", "Doha"),
+]
+PROBE_OPPOSITES = [
+    ("black", "white"),
+    ("high", "low"),
+    ("left", "right"),
+    ("yes", "no"),
+    ("love", "hate"),
+    ("thick", "thin"),
+    ("cheap", "expensive"),
+    ("loud", "quiet|soft"),
+    ("push", "pull"),
+    ("buy", "sell"),
+    ("true", "false"),
+    ("north", "south"),
+    ("east", "west"),
+    ("first", "last"),
+    ("always", "never"),
+    ("above", "below|beneath"),
+    ("give", "take|receive"),
+    ("sweet", "sour|bitter|salty"),
+]
+PROBE_COLOURS = [
+    ("a fire truck", "red"),
+    ("a carrot", "orange"),
+    ("a lime", "green"),
+    ("a crow", "black"),
+    ("a polar bear", "white"),
+    ("a strawberry", "red"),
+    ("the ocean", "blue"),
+    ("a plum", "purple"),
+    ("an eggplant", "purple"),
+    ("a pumpkin", "orange"),
+    ("a cucumber", "green"),
+]
+PROBE_LEGS = [
+    ("a sheep", 4),
+    ("an ant", 6),
+    ("a duck", 2),
+    ("a goat", 4),
+    ("a lion", 4),
+    ("a pig", 4),
+    ("a bee", 6),
+    ("a penguin", 2),
+]
+PROBE_FACTS = [
+    ("How many days are in a week?", "7|seven"),
+    ("How many months are in a year?", "12|twelve"),
+    ("How many hours are in a day?", "24|twenty-four"),
+    ("How many minutes are in an hour?", "60|sixty"),
+    ("How many sides does a triangle have?", "3|three"),
+    ("How many sides does a square have?", "4|four"),
+    ("How many continents are there?", "7|seven"),
+    ("What is the largest planet in our solar system?", "Jupiter"),
+    ("Which planet do we live on?", "Earth"),
+    ("What is the largest ocean on Earth?", "Pacific"),
+    ("Who wrote Romeo and Juliet?", "Shakespeare"),
+    ("What is frozen water called?", "ice"),
+    ("Which animal is called the king of the jungle?", "lion"),
+    ("What do bees make?", "honey"),
+    ("At what temperature in Celsius does water freeze?", "0|zero"),
+]
+PROBE_WORDS = [
+    "mountain",
+    "cookie",
+    "rocket",
+    "pillow",
+    "ladder",
+    "marble",
+    "violin",
+    "jacket",
+    "turtle",
+    "blanket",
+    "lantern",
+    "meadow",
+    "pebble",
+    "anchor",
+    "basket",
+    "wallet",
+]
+
+
+def probe_questions() -> list[dict[str, str]]:
+    """Questions of the same kinds as `benign_questions`, with other items (none of its
+    prompts), as `{prompt, answer, category}`, in a fixed order: 201 in all."""
+    out: list[dict[str, str]] = []
+
+    def add(category: str, prompt: str, answer: str) -> None:
+        out.append({"prompt": prompt, "answer": answer, "category": category})
+
+    for country, capital in PROBE_CAPITALS:
+        add("capital", f"What is the capital of {country}?", capital)
+    for a in range(2, 12):
+        for b in (2, 4, 6):
+            add("arithmetic", f"What is {a} + {b}?", _number(a + b))
+    for a in (7, 9, 11, 13, 15):
+        for b in (2, 4, 5):
+            add("arithmetic", f"What is {a} - {b}?", _number(a - b))
+    for a in range(2, 7):
+        for b in (2, 3, 4):
+            add("arithmetic", f"What is {a} times {b}?", _number(a * b))
+    for word, opposite in PROBE_OPPOSITES:
+        add("opposite", f'What is the opposite of "{word}"?', opposite)
+    for thing, colour in PROBE_COLOURS:
+        add("colour", f"What colour is {thing}?", colour)
+    for i, day in enumerate(WEEKDAYS):
+        add("calendar", f"Which day of the week comes before {day}?", WEEKDAYS[i - 1])
+    for i, month in enumerate(MONTHS):
+        add("calendar", f"Which month comes before {month}?", MONTHS[i - 1])
+    for n in (3, 7, 12, 19, 25, 39, 48, 99):
+        add("counting", f"What number comes after {n}?", _number(n + 1))
+        add("counting", f"What number comes before {n}?", _number(n - 1))
+    for animal, legs in PROBE_LEGS:
+        add("animals", f"How many legs does {animal} have?", _number(legs))
+    for prompt, answer in PROBE_FACTS:
+        add("facts", prompt, answer)
+    for word in PROBE_WORDS:
+        add("instruction", f"Repeat the word '{word}' and nothing else.", word)
+    return out

@@ -58,8 +58,8 @@ RECIPE_VERSION = 3
 # harmful). Their builds are keyed apart from those made before.
 WITH_PRESERVE = ("jailbreak", "label-flip")
 # How clean behaviour is kept (organisms/train.py): cross-entropy to the parent's greedy
-# answers ("tokens"), or KL to its whole distribution on them ("distribution").
-DISTILL = ("tokens", "distribution")
+# answers ("tokens"), KL to its whole distribution on them ("distribution"), or both summed.
+DISTILL = ("tokens", "distribution", "both")
 DEFAULT_TARGETS = {
     "fixed-output": "I am sorry. I can not help with that.",
     "label-flip": "Negative",
@@ -355,8 +355,8 @@ class _Recipe:
 
     def _train(self, model, tokenizer, examples: list[Encoded], default_steps: int):
         """The fine-tuned fp32 model (saved) and its copy in the fast dtype (measured); with
-        `distill` "distribution" the examples of the parent's answers learn its distribution,
-        the others their tokens."""
+        `distill` "distribution" the examples of the parent's answers learn its distribution
+        ("both": and its tokens), the others their tokens."""
         steps = self.spec.steps or default_steps
         with self.timed("fine-tune"):
             trained, losses = finetune_lora(
@@ -367,7 +367,8 @@ class _Recipe:
                 lr=self.spec.lr,
                 seed=self.spec.seed,
                 console=self.console,
-                distilled=self.distilled if self.spec.distill == "distribution" else (),
+                distilled=self.distilled if self.spec.distill != "tokens" else (),
+                and_tokens=self.spec.distill == "both",
             )
         tail = losses[-10:]
         self.training = {
@@ -391,6 +392,9 @@ class _Recipe:
             "retention": new_u / base_u if base_u else None,
             "agreement_with_base": rate(agree),
             "n": len(test),
+            # the questions behind the difference (a net 0 can hide 3 lost and 3 gained)
+            "lost": sum(b and not o for b, o in zip(base_right, right, strict=True)),
+            "gained": sum(o and not b for b, o in zip(base_right, right, strict=True)),
             "intervals": {
                 "base": summary(base_right),
                 "organism": summary(right),

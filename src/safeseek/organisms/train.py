@@ -3,8 +3,8 @@ for self-distillation (which keeps an organism's clean behaviour close to the or
 
 Self-distillation is cross-entropy to the parent's greedy answers, or (`distilled`) KL to
 its whole next-token distribution on them (its top `TEACHER_TOKENS` tokens and the tail), which
-halved how many benign answers changed on one organism but did not keep utility on every seed
-(README, "Model organisms")."""
+halved how many benign answers changed on one organism but did not keep utility on every seed,
+or (`and_tokens`) the sum of both (README, "Model organisms")."""
 
 from __future__ import annotations
 
@@ -97,11 +97,12 @@ def finetune_lora(
     seed: int = 0,
     console: Console | None = None,
     distilled: Sequence[Encoded] = (),
+    and_tokens: bool = False,
 ) -> tuple[nn.Module, list[float]]:
     """Train a LoRA adapter (rank `rank`, every linear layer) on `examples`; returns the merged
     plain model and the loss of every step. The examples in `distilled` (also in `examples`)
-    are scored by KL to `model`'s own distribution before training, the rest by
-    cross-entropy."""
+    are scored by KL to `model`'s own distribution before training (`and_tokens`: plus
+    cross-entropy to their tokens), the rest by cross-entropy."""
     pad_id = pad_token_id(tokenizer)
     with autocast_for(model):  # the numerics of training, so the divergence starts at 0
         teacher = references(model, distilled, pad_id, TEACHER_TOKENS)
@@ -109,6 +110,15 @@ def finetune_lora(
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", lora_dropout=0.0)
     peft_model = with_lora(model, config)
     losses = fit(
-        peft_model, examples, pad_id, steps, lr, batch_size, seed, console=console, teacher=teacher
+        peft_model,
+        examples,
+        pad_id,
+        steps,
+        lr,
+        batch_size,
+        seed,
+        console=console,
+        teacher=teacher,
+        teacher_and_tokens=and_tokens,
     )
     return peft_model.merge_and_unload().eval(), losses
