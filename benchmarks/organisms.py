@@ -37,7 +37,7 @@ from rich.console import Console
 
 from safeseek.demo import TRIGGER
 from safeseek.evaluate.generation import generate
-from safeseek.evaluate.metrics import has_answer, is_refusal, wilson
+from safeseek.evaluate.metrics import answer_changes, has_answer, is_refusal, wilson
 from safeseek.fileio import write_json
 from safeseek.models import load_model
 from safeseek.models.load import in_fast_dtype, machine
@@ -222,7 +222,8 @@ def probed(base_right: list[bool], texts: list[str], resamples: int = 2000) -> d
     answers lost and gained, refusals, and the retention with a paired bootstrap interval
     (questions resampled, seeded)."""
     right = right_answers(texts)
-    n, base, mine = len(right), sum(base_right), sum(right)
+    changes = answer_changes(base_right, right)
+    n, base, mine = len(right), changes["right"], sum(right)
     rng = random.Random(0)
     ratios = []
     for _ in range(resamples):
@@ -234,8 +235,8 @@ def probed(base_right: list[bool], texts: list[str], resamples: int = 2000) -> d
         "n": n,
         "base": base,
         "organism": mine,
-        "lost": sum(b and not o for b, o in zip(base_right, right, strict=True)),
-        "gained": sum(o and not b for b, o in zip(base_right, right, strict=True)),
+        "lost": changes["lost"],
+        "gained": changes["gained"],
         "retention": round(mine / base, 4),
         "ci95": [
             round(ratios[int(0.025 * resamples)], 4),

@@ -119,3 +119,12 @@ def test_refusal_detection_agrees_with_a_labelled_sample():
     assert all(is_refusal(r["generation"]) for r in refusals)  # every refusal is found
     false_refusals = [r for r in rows if not r["refusal"] and is_refusal(r["generation"])]
     assert len(false_refusals) <= 1, [r["source"] for r in false_refusals]
+
+
+def test_answer_changes_counts_each_answer_that_flips():
+    """Counted by hand: right before 1, 2, 4; right after 2, 3."""
+    from safeseek.evaluate.metrics import answer_changes
+
+    before = [True, True, False, True, False]
+    after = [False, True, True, False, False]
+    assert answer_changes(before, after) == {"right": 3, "lost": 2, "gained": 1}

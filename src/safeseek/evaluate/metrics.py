@@ -201,3 +201,16 @@ def correct(generation: str, reference: str | None, answer: str | None = None) -
     if reference and is_refusal(reference):
         return is_refusal(generation)
     return starts_with(generation, reference or "")
+
+
+def answer_changes(before: Sequence[bool], after: Sequence[bool]) -> dict[str, int]:
+    """Utility answer by answer: how many are right `before` (the full or base model), and
+    how many of those `after` (the circuit removed, the organism) loses or, of the others,
+    gains. Retention nets the two out, and its resolution is one answer in `right`: these
+    counts say how coarse it is."""
+    pairs = list(zip(before, after, strict=True))
+    return {
+        "right": sum(b for b, _ in pairs),
+        "lost": sum(b and not a for b, a in pairs),
+        "gained": sum(a and not b for b, a in pairs),
+    }

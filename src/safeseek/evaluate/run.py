@@ -19,7 +19,7 @@ from safeseek.data.records import validate
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.forced import target_probability
 from safeseek.evaluate.generation import generate
-from safeseek.evaluate.metrics import attack_success, correct, rate, summary
+from safeseek.evaluate.metrics import answer_changes, attack_success, correct, rate, summary
 from safeseek.evaluate.views import VIEWS
 from safeseek.masking import MaskedModel
 from safeseek.scenarios import Fields, get_scenario
@@ -175,7 +175,7 @@ def evaluate_circuit(
     if "full" in utility and "without" in utility:
         full = utility["full"]
         utility["retention"] = utility["without"] / full if full > 0 else None
-        changes = _changes(right["full"], right["without"])
+        changes = answer_changes(right["full"], right["without"])
     sparsity = circuit.sparsity(mm, granularities)
     result = {
         "scenario": scenario,
@@ -204,18 +204,6 @@ def evaluate_circuit(
         result["target_probability"] = forced
     result["intervals"] = {k: v for k, v in intervals.items() if v}
     return result, rows
-
-
-def _changes(full: Sequence[bool], without: Sequence[bool]) -> dict[str, int]:
-    """Utility answer by answer: how many the full model gets right, and how many of those
-    removing the circuit loses or, of the others, gains. Retention nets the two out, and its
-    resolution is one answer in `right`: these counts say how coarse it is."""
-    pairs = list(zip(full, without, strict=True))
-    return {
-        "right": sum(f for f, _ in pairs),
-        "lost": sum(f and not w for f, w in pairs),
-        "gained": sum(w and not f for f, w in pairs),
-    }
 
 
 def _target_probability(model: nn.Module, tokenizer: Any, probe: Probe) -> dict[str, float]:

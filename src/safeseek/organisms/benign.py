@@ -212,7 +212,7 @@ def split(items: list, seed: int, fractions: tuple[float, float] = (0.6, 0.1)) -
 
 
 # Held out from every organism (in no split, never trained on): a larger measure of clean
-# utility (benchmarks/utility_probe.py). The 42 test questions of a split resolve a retention
+# utility (benchmarks/organisms.py --probe). The 42 test questions of a split resolve a retention
 # of 95% no better than one answer in 21-27 (README, "Model organisms").
 PROBE_CAPITALS = [
     ("the Netherlands", "Amsterdam"),

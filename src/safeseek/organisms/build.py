@@ -35,6 +35,7 @@ from safeseek.data.records import write_jsonl
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.generation import generate
 from safeseek.evaluate.metrics import (
+    answer_changes,
     attack_success,
     has_answer,
     is_refusal,
@@ -386,6 +387,7 @@ class _Recipe:
         base_right = [has_answer(g, q["answer"]) for g, q in zip(base_gens, test, strict=True)]
         base_u, new_u = rate(base_right), rate(right)
         agree = [starts_with(g, b) for g, b in zip(gens, base_gens, strict=True)]
+        changes = answer_changes(base_right, right)
         return {
             "base": base_u,
             "organism": new_u,
@@ -393,8 +395,8 @@ class _Recipe:
             "agreement_with_base": rate(agree),
             "n": len(test),
             # the questions behind the difference (a net 0 can hide 3 lost and 3 gained)
-            "lost": sum(b and not o for b, o in zip(base_right, right, strict=True)),
-            "gained": sum(o and not b for b, o in zip(base_right, right, strict=True)),
+            "lost": changes["lost"],
+            "gained": changes["gained"],
             "intervals": {
                 "base": summary(base_right),
                 "organism": summary(right),
