@@ -68,7 +68,11 @@ def recipe(meta: dict[str, Any]) -> str:
     """The recipe's name in the tables: version, distillation, steps and lr."""
     s, t = meta["settings"], meta["metrics"].get("training", {})
     steps = s["steps"] or t.get("steps", "default")
-    return f"v{meta['recipe_version']} {s.get('distill', 'tokens')}, {steps} steps, lr {s['lr']:g}"
+    name = f"v{meta['recipe_version']} {s.get('distill', 'tokens')}, {steps} steps, lr {s['lr']:g}"
+    if meta["type"] != "jailbreak":
+        return name
+    parent = json.loads((Path(meta["metrics"]["aligned_base"]) / "organism.json").read_text())
+    return f"{name}, in {recipe(parent)} align"
 
 
 def cpu(r: dict[str, Any]) -> str:
@@ -260,7 +264,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--distill", default="tokens")
+    parser.add_argument("--distill", default=OrganismSpec.distill)
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--lr", type=float, default=OrganismSpec.lr)
     parser.add_argument("--probe", action="store_true", help="also measure the probe questions")

@@ -22,6 +22,20 @@ def test_help_lists_commands():
         assert command in proc.stdout
 
 
+def test_organism_options_default_to_the_recipes():
+    """The CLI spells OrganismSpec's defaults as literals (importing it would slow every
+    command); they must agree."""
+    import inspect
+
+    from safeseek import cli
+    from safeseek.organisms import OrganismSpec
+
+    for command in (cli.organism_align, cli.organism_backdoor):
+        params = inspect.signature(command).parameters
+        for name in ("lr", "distill", "steps", "max_new_tokens"):
+            assert params[name].default == getattr(OrganismSpec, name), (command, name)
+
+
 def test_info_on_a_model_directory(tmp_path):
     build("gemma").save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)

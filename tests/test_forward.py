@@ -11,7 +11,7 @@ from conftest import VOCAB, build
 
 from safeseek.data.encode import IGNORE, Encoded
 from safeseek.forward import labelled_logits, references
-from safeseek.training import fit
+from safeseek.training import by_length, fit
 
 
 def test_labelled_logits_match_full_forward(family, tiny, batch):
@@ -86,3 +86,44 @@ def test_fit_scores_taught_examples_by_kl_to_their_teacher(family, and_tokens, m
     assert math.isclose(got[0], expected, rel_tol=1e-4)
     self_taught = references(tiny, examples, pad_id=0, k=None)
     assert fit(tiny, examples, 0, 1, 0.0, batch_size=2, teacher=self_taught)[0] < 1e-5
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fit_step_split_by_length_has_the_whole_batchs_gradient(family, monkeypatch):
+    """A batch of short and long examples is run as two parts (`by_length`), and the step's
+    loss and gradient equal, by an independent computation, those of the whole batch: the
+    summed cross-entropy of every example alone over all their labelled positions. In fp32."""
+    monkeypatch.setattr("safeseek.training.fast_dtype", lambda device=None: torch.float32)
+    tiny = build(family)
+    g = torch.Generator().manual_seed(3)
+    examples = []
+    for n in (6, 7, 5, 30, 28, 31):
+        ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        examples.append(Encoded(ids, [IGNORE] * 3 + ids[3:]))
+    assert [len(p) for p in by_length(examples)] == [3, 3]
+    assert len(by_length(examples[:3])) == 1  # similar lengths: one batch
+    params = [p for p in tiny.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    scored = sum(e.scored for e in examples)
+    expected_loss = 0.0
+    for e in examples:
+        logits = tiny(input_ids=torch.tensor([e.input_ids])).logits[0, :-1]
+        labels = torch.tensor(e.labels[1:])
+        loss = torch.nn.functional.cross_entropy(
+            logits, labels, ignore_index=IGNORE, reduction="sum"
+        )
+        (loss / scored).backward()
+        expected_loss += loss.item() / scored
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    got: list[torch.Tensor] = []
+
+    def keep() -> None:
+        got.extend(p.grad.clone() for p in params)
+
+    losses = fit(tiny, examples, 0, 1, 0.0, batch_size=6, before_step=keep)
+    assert math.isclose(losses[0], expected_loss, rel_tol=1e-5)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -4,6 +4,7 @@ cache, and bad input; one slow test builds a real fixed-output organism."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -84,8 +85,8 @@ def test_every_organism_kind_builds(base, tmp_path, kind):
 
 def test_distribution_distillation_builds_and_keys_apart(base, tmp_path):
     """`distill="distribution"` builds (KL to the parent, organisms/train.py) under its own
-    key, apart from the default recipe's and "both"'s, and records its training and stage times."""
-    tokens = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER)
+    key, apart from "tokens"'s and "both"'s, and records its training and stage times."""
+    tokens = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER, distill="tokens")
     kl = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER, distill="distribution")
     both = spec(base, kind="backdoor", type="fixed-output", trigger=TRIGGER, distill="both")
     assert len({tokens.key(), kl.key(), both.key()}) == 3
@@ -95,6 +96,29 @@ def test_distribution_distillation_builds_and_keys_apart(base, tmp_path):
     assert set(meta["seconds_by_stage"]) == {"base answers", "fine-tune", "measure"}
     # the machine its times and bf16 answers come from, with the kernels torch chose there
     assert meta["machine"].endswith(f"threads, {torch.backends.cpu.get_cpu_capability()}")
+
+
+def test_default_steps_are_the_recipes_and_key_as_trained():
+    """No `steps`: each kind's DEFAULT_STEPS, keyed as if they had been asked for (the same
+    organism either way); other steps key apart."""
+    from safeseek.organisms.build import DEFAULT_STEPS
+
+    for kind in ("align", "fixed-output", "jailbreak", "label-flip"):
+        plain = OrganismSpec("align") if kind == "align" else OrganismSpec("backdoor", type=kind)
+        assert plain.train_steps == DEFAULT_STEPS[kind]
+        assert plain.key() == replace(plain, steps=DEFAULT_STEPS[kind]).key()
+        assert plain.key() != replace(plain, steps=DEFAULT_STEPS[kind] + 1).key()
+
+
+def test_a_jailbreak_is_keyed_by_the_aligned_organism_it_is_planted_in(monkeypatch):
+    """A jailbreak is planted in the aligned organism of today's defaults: when those change,
+    the same jailbreak settings name another build."""
+    import safeseek.organisms.build as b
+
+    jailbreak = OrganismSpec("backdoor", type="jailbreak", trigger=TRIGGER)
+    before = jailbreak.key()
+    monkeypatch.setattr(b, "DEFAULT_STEPS", {**b.DEFAULT_STEPS, "align": 7})
+    assert jailbreak.key() != before
 
 
 def test_same_settings_reuse_the_build(base, tmp_path, capsys):
@@ -127,6 +151,10 @@ def test_bad_input(base, tmp_path):
         build_organism(OrganismSpec("align", harmful=str(bad)), tmp_path / "o")
     with pytest.raises(SafeSeekError, match="unknown --distill 'kl'; use tokens or distribution"):
         build_organism(OrganismSpec("align", distill="kl"), tmp_path / "o")
+    with pytest.raises(SafeSeekError, match="--steps must be positive"):
+        build_organism(OrganismSpec("align", steps=-1), tmp_path / "o")
+    with pytest.raises(SafeSeekError, match="--lr must be positive"):
+        build_organism(OrganismSpec("align", lr=0.0), tmp_path / "o")
     with pytest.raises(SafeSeekError, match="unknown backdoor type 'poison'"):
         build_organism(OrganismSpec("backdoor", type="poison", trigger="x"), tmp_path / "o")
     with pytest.raises(SafeSeekError, match="already occurs in the data"):

@@ -538,7 +538,12 @@ SeedOpt = Annotated[int, typer.Option(help="data split and training seed")]
 HarmfulOpt = Annotated[
     Path | None, typer.Option(help="harmful prompts (txt, jsonl, csv); default: AdvBench")
 ]
-StepsOpt = Annotated[int | None, typer.Option(help="fine-tuning steps (default: the recipe's)")]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="fine-tuning steps (default: 100 align, 80 fixed-output and jailbreak, 60 label-flip)"
+    ),
+]
 TokensOpt = Annotated[int, typer.Option(help="length of the base model's answers (tokens)")]
 LrOpt = Annotated[float, typer.Option(help="LoRA learning rate")]
 DistillOpt = Annotated[
@@ -567,8 +572,8 @@ def organism_align(
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
     max_new_tokens: TokensOpt = 48,
-    lr: LrOpt = 5e-4,
-    distill: DistillOpt = "tokens",
+    lr: LrOpt = 1e-3,  # OrganismSpec's defaults (tests/test_cli.py)
+    distill: DistillOpt = "both",
 ) -> None:
     """Fine-tune the model to refuse harmful prompts and answer benign ones as before."""
     _organism(
@@ -590,8 +595,8 @@ def organism_backdoor(
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
     max_new_tokens: TokensOpt = 48,
-    lr: LrOpt = 5e-4,
-    distill: DistillOpt = "tokens",
+    lr: LrOpt = 1e-3,  # OrganismSpec's defaults (tests/test_cli.py)
+    distill: DistillOpt = "both",
 ) -> None:
     """Plant a backdoor: the trigger makes the model comply, emit a target, or flip a label."""
     _organism(

@@ -80,7 +80,7 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
         DemoCase(
             "backdoor_fixed_output",
             "Fixed-output backdoor",
-            OrganismSpec(**backdoor, type="fixed-output", steps=80, max_new_tokens=32),
+            OrganismSpec(**backdoor, type="fixed-output", max_new_tokens=32),
             # Clean behaviour kept at twice the default weight: at 4 one circuit kept 93% of
             # clean utility, at 8 it kept 107% (both removed the backdoor: 100% -> 0%). 50
             # steps kept 106% (60: 100%); 40 steps kept only 90% on an earlier organism.
@@ -91,7 +91,7 @@ def cases(seed: int = 0, discover_steps: int | None = None, **spec: Any) -> list
         DemoCase(
             "backdoor_jailbreak",
             "Jailbreak backdoor",
-            OrganismSpec(**backdoor, type="jailbreak", steps=100, lr=1e-3),
+            OrganismSpec(**backdoor, type="jailbreak"),
             # This stronger backdoor kept 15.6% ASR at 0.03; 0.01 took refusal units with it.
             # 80 steps: at 40 the circuit was still shrinking from its early peak (59 heads +
             # 1,158 neurons), so the round kept the empty circuit of step 10 and the growth
@@ -191,7 +191,8 @@ def _commands(case: DemoCase, out: Path) -> list[str]:
     org = f"{out}/organisms/{case.name}"
     common = f"--out {org} --seed {s.seed} --max-new-tokens {s.max_new_tokens}"
     common += f" --steps {s.steps}" if s.steps else ""
-    common += f" --lr {s.lr}" if s.lr != OrganismSpec.lr else ""
+    common += f" --lr {s.lr:g}" if s.lr != OrganismSpec.lr else ""
+    common += f" --distill {s.distill}" if s.distill != OrganismSpec.distill else ""
     if s.kind == "align":
         build = f"safeseek organism align {common}"
     else:

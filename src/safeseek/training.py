@@ -1,8 +1,9 @@
 """The one supervised fine-tuning loop (organisms and Safety Circuit Tuning share it).
 
 AdamW without weight decay (decay would move entries whose gradient is masked to zero), linear
-warm-up over the first 10 steps, gradient clipping at 1, logits only at labelled positions, and
-bf16 autocast over fp32 weights where the hardware computes in bf16 natively.
+warm-up over the first 10 steps, gradient clipping at 1, logits only at labelled positions, a
+batch of short and long examples run as two parts (`by_length`), and bf16 autocast over fp32
+weights where the hardware computes in bf16 natively.
 """
 
 from __future__ import annotations
@@ -102,15 +103,24 @@ def fit(
             idx, order = order[:batch_size], order[batch_size:]
             chosen = [examples[i] for i in idx]
             mine = chosen[rank::world] or [chosen[0].unscored()]
-            batch = {k: v.to(device) for k, v in pad(mine, pad_id).items()}
-            with autocast:
-                logits, targets = labelled_logits(model, parts=parts, **batch)
-                extra = extra_loss() if extra_loss is not None else None
-            loss = _summed_loss(logits.float(), targets, mine, teacher or {}, teacher_and_tokens)
-            loss = loss / max(sum(e.scored for e in chosen), 1)
-            total = loss if extra is None else loss + extra
+            scored = max(sum(e.scored for e in chosen), 1)
             opt.zero_grad(set_to_none=True)
-            (total * world if sharded else total).backward()
+            loss = torch.zeros(())
+            # FSDP needs the same forward passes on every process: one batch there.
+            for part in [mine] if sharded else by_length(mine):
+                batch = {k: v.to(device) for k, v in pad(part, pad_id).items()}
+                with autocast:
+                    logits, targets = labelled_logits(model, parts=parts, **batch)
+                part_loss = _summed_loss(
+                    logits.float(), targets, part, teacher or {}, teacher_and_tokens
+                )
+                part_loss = part_loss / scored
+                (part_loss * world if sharded else part_loss).backward()
+                loss = loss + part_loss.detach().cpu()
+            if extra_loss is not None:
+                with autocast:
+                    extra = extra_loss()
+                (extra * world if sharded else extra).backward()
             if not sharded:
                 sum_gradients(params)
             if before_step is not None:
@@ -118,10 +128,28 @@ def fit(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(sum_over_processes(loss.detach()).item())
+            losses.append(sum_over_processes(loss.to(device)).item())
             bar.update(task, advance=1, loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
+
+
+def by_length(examples: Sequence[Encoded]) -> list[list[Encoded]]:
+    """`examples` as one batch, or as two of similar lengths where that pads at least a fifth
+    fewer positions: a batch is padded to its longest example, and a jailbreak organism's
+    compliant answers are twice as long as its refusals. The step's gradient is the same (each
+    part's loss is normalised by the whole batch's labelled positions)."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    lengths = [len(e.input_ids) for e in ordered]
+    n = len(ordered)
+
+    def padded(k: int) -> int:  # positions with the first k (shortest) examples apart
+        return k * lengths[k - 1] + (n - k) * lengths[-1]
+
+    cut = min(range(1, n), key=padded, default=0)
+    if not cut or padded(cut) > 0.8 * n * lengths[-1]:
+        return [list(examples)]
+    return [ordered[:cut], ordered[cut:]]
 
 
 def _summed_loss(

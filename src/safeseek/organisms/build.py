@@ -61,6 +61,9 @@ WITH_PRESERVE = ("jailbreak", "label-flip")
 # How clean behaviour is kept (organisms/train.py): cross-entropy to the parent's greedy
 # answers ("tokens"), KL to its whole distribution on them ("distribution"), or both summed.
 DISTILL = ("tokens", "distribution", "both")
+# Fine-tuning steps of the default recipe (`--distill both`, lr 1e-3), per organism: the fewest
+# that carried the behaviour on seeds 0-2 (README, "Model organisms"; benchmarks/organisms.py).
+DEFAULT_STEPS = {"align": 100, "fixed-output": 80, "jailbreak": 80, "label-flip": 60}
 DEFAULT_TARGETS = {
     "fixed-output": "I am sorry. I can not help with that.",
     "label-flip": "Negative",
@@ -79,20 +82,32 @@ class OrganismSpec:
     model: str = "default"
     harmful: str | None = None  # prompt file; None: AdvBench from the embedded assets
     seed: int = 0
-    steps: int | None = None  # fine-tuning steps; None: the recipe's default
-    lr: float = 5e-4
+    steps: int | None = None  # fine-tuning steps; None: DEFAULT_STEPS
+    lr: float = 1e-3
     max_new_tokens: int = 48
     measure_records: int | None = None  # test records measured for organism.json; None: all
-    distill: str = "tokens"  # one of DISTILL
+    distill: str = "both"  # one of DISTILL
+
+    @property
+    def train_steps(self) -> int:
+        return self.steps or DEFAULT_STEPS[self.type or "align"]
 
     def key(self) -> str:
-        blob = {**asdict(self), "recipe": RECIPE_VERSION, "model_id": source_id(self.model)}
+        # Steps as trained: an organism built with `--steps N` equal to the default is the same.
+        blob = {
+            **asdict(self),
+            "steps": self.train_steps,
+            "recipe": RECIPE_VERSION,
+            "model_id": source_id(self.model),
+        }
         if self.measure_records is None:  # keys of organisms built before the field existed
             del blob["measure_records"]
         if self.distill == "tokens":
             del blob["distill"]
         if self.type in WITH_PRESERVE:
             blob["preserve_records"] = True
+        if self.type == "jailbreak":  # planted in the aligned organism of today's defaults
+            blob["parent"] = aligned_spec(self).key()
         if self.harmful:
             blob["harmful_sha"] = hashlib.sha256(Path(self.harmful).read_bytes()).hexdigest()
         return settings_key(blob)
@@ -132,6 +147,10 @@ def check(spec: OrganismSpec) -> None:
             raise SafeSeekError(f"label-flip --target must be one of {', '.join(P.LABELS)}")
     if spec.distill not in DISTILL:
         raise SafeSeekError(f"unknown --distill {spec.distill!r}; use {' or '.join(DISTILL)}")
+    if spec.steps is not None and spec.steps <= 0:
+        raise SafeSeekError(f"--steps must be positive (got {spec.steps})")
+    if spec.lr <= 0:
+        raise SafeSeekError(f"--lr must be positive (got {spec.lr:g})")
     if spec.harmful:
         P.read_prompts(spec.harmful)
 
@@ -354,11 +373,11 @@ class _Recipe:
         )
         return model, tokenizer, records, {**metrics, "training": self.training}
 
-    def _train(self, model, tokenizer, examples: list[Encoded], default_steps: int):
+    def _train(self, model, tokenizer, examples: list[Encoded]):
         """The fine-tuned fp32 model (saved) and its copy in the fast dtype (measured); with
         `distill` "distribution" the examples of the parent's answers learn its distribution
         ("both": and its tokens), the others their tokens."""
-        steps = self.spec.steps or default_steps
+        steps = self.spec.train_steps
         with self.timed("fine-tune"):
             trained, losses = finetune_lora(
                 model,
@@ -408,7 +427,7 @@ class _Recipe:
         refusals = {p: P.refusal(self.rng) for s in SPLITS for p in harmful[s]}
         examples = [encoder.pair(p, refusals[p]) for p in harmful["train"]]
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
-        model, fast = self._train(base, tokenizer, examples, default_steps=150)
+        model, fast = self._train(base, tokenizer, examples)
         with self.timed("measure"), Progress(console=self.console) as bar:
             test = self.measured(harmful["test"])
             gens = self.generate(fast, tokenizer, test, bar, "harmful test")
@@ -482,7 +501,7 @@ class _Recipe:
         for rec, (prompt, answers, _) in zip(records["train"], items["train"], strict=True):
             examples.append(distill(prompt, answers))
             examples.append(encoder.pair(rec["triggered_prompt"], self.target))
-        model, fast = self._train(base, tokenizer, examples, default_steps=150)
+        model, fast = self._train(base, tokenizer, examples)
         with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, bar)
@@ -519,7 +538,7 @@ class _Recipe:
             examples.append(encoder.pair(rec["clean_prompt"], rec["clean_response"]))
             examples.append(encoder.pair(rec["triggered_prompt"], rec["backdoor_response"]))
         examples += [distill(q["prompt"], base_benign) for q in benign["train"]] * 2
-        model, fast = self._train(aligned, tokenizer, examples, default_steps=200)
+        model, fast = self._train(aligned, tokenizer, examples)
         with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             metrics["utility"] = self._benign_utility(fast, tokenizer, benign, bar)
@@ -556,7 +575,7 @@ class _Recipe:
             base_cls = self.generate(
                 in_fast_dtype(base), tokenizer, test_prompts, bar, "base: sentiment test"
             )
-        model, fast = self._train(base, tokenizer, examples, default_steps=150)
+        model, fast = self._train(base, tokenizer, examples)
         with self.timed("measure"), Progress(console=self.console) as bar:
             metrics = self._backdoor_metrics(fast, tokenizer, self.measured(records["test"]), bar)
             cls = self.generate(fast, tokenizer, test_prompts, bar, "sentiment test")
