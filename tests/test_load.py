@@ -36,6 +36,18 @@ def test_dtype_choice(model_dir):
         load_model(path, dtype="float8")
 
 
+def test_no_bf16_where_aten_runs_x86_kernels_below_avx512(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU: ATen's bf16 attention would fail there, so the
+    fast dtype is fp32; on AVX512 kernels it is what the hardware computes in."""
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for capability, dtype in (("AVX2", torch.float32), ("DEFAULT", torch.float32)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert fast_dtype("cpu") == dtype
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert fast_dtype("cpu") == torch.bfloat16
+
+
 def test_in_fast_dtype_is_a_cast_copy(batch):
     """Inference in the fast dtype leaves the fp32 original exact (organisms train and save it)."""
     original = build("gpt2")  # tied embeddings: still tied in the copy

@@ -48,7 +48,16 @@ def fast_dtype(device: str | torch.device | None = None) -> torch.dtype:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    # ATen's own kernels must run bf16 too: with ATEN_CPU_CAPABILITY below AVX512 on a bf16
+    # CPU, bf16 attention fails ("pack_vnni2 is only supported when avx512 is supported").
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native and not _x86_below_avx512() else torch.float32
+
+
+def _x86_below_avx512() -> bool:
+    """ATen runs x86 kernels below AVX512 (ATEN_CPU_CAPABILITY=avx2 or default)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return x86 and torch.backends.cpu.get_cpu_capability() != "AVX512"
 
 
 def machine() -> str:
