@@ -65,7 +65,8 @@ def spec(kind: str, seed: int, **settings: Any) -> OrganismSpec:
 
 
 def recipe(meta: dict[str, Any]) -> str:
-    """The recipe's name in the tables: version, distillation, steps and lr."""
+    """The recipe's name in the tables: version, distillation, steps and lr (a jailbreak's
+    also names the aligned organism's recipe it was planted in)."""
     s, t = meta["settings"], meta["metrics"].get("training", {})
     steps = s["steps"] or t.get("steps", "default")
     name = f"v{meta['recipe_version']} {s.get('distill', 'tokens')}, {steps} steps, lr {s['lr']:g}"
