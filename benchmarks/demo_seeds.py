@@ -4,9 +4,11 @@ the demo's discovery settings and discovery seeds 0, 1, 2; each circuit evaluate
 does (first 64 test records of each kind, greedy, 32 new tokens; behavioural ASR).
 
     python benchmarks/demo_seeds.py [--seeds 0,1,2] [--cases backdoor_fixed_output,...]
+    python benchmarks/demo_seeds.py --defaults   # `safeseek discover` with every default
 
 Runs and evaluations are cached like the demo's (a `make demo` run is seed 0). Writes
-benchmarks/results/demo_seeds.{json,md}.
+benchmarks/results/demo_seeds.{json,md}, or default_discovery.{json,md} with `--defaults`
+(issue 18: how long a default discovery takes on each demo organism, and what it finds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safeseek.evaluate.metrics import wilson
 from safeseek.fileio import write_json
 from safeseek.pipeline import discovery, organism
 from safeseek.seeds import span
+from safeseek.settings import DiscoverConfig
 
 RESULTS = Path(__file__).parent / "results"
 RECORDS, TOKENS = 64, 32  # the demo's evaluation
@@ -33,9 +36,11 @@ RECORDS, TOKENS = 64, 32  # the demo's evaluation
 def run_one(case, seed: int, console: Console) -> dict:
     """One discovery seed of one case, evaluated as the demo does."""
     org, _ = organism(case.spec, console)
-    run = discovery(org, org / "data" / "train.jsonl", replace(case.config, seed=seed), console)
+    case = replace(case, config=replace(case.config, seed=seed))
+    run = discovery(org, org / "data" / "train.jsonl", case.config, console)
     ev, _ = evaluation(case, org, run, RECORDS, TOKENS, console)
     circuit = Circuit.load(run / "circuit.json")
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
     console.print(f"{case.name} seed {seed}: {circuit!r}, ASR {ev['asr']}")
     return {
         "case": case.name,
@@ -52,17 +57,16 @@ def run_one(case, seed: int, console: Console) -> dict:
         "targets_met": all(t["met"] for t in check_targets(case, ev).values()),
         "check": circuit.metadata.get("check"),
         "rounds": circuit.metadata["selection"]["rounds"],
-        "discovery_seconds": round(
-            sum(json.loads(ln)["seconds"] for ln in (run / "log.jsonl").read_text().splitlines())
-        ),
+        "steps": len(log),
+        "discovery_seconds": round(sum(step["seconds"] for step in log)),
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
         "| case | seed | circuit | ASR full -> ablated (k/n, 95% CI) | utility kept | "
-        "discovery's check | demo targets |",
-        "|---|---|---|---|---|---|---|",
+        "discovery's check | demo targets | steps, seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a = r["intervals"]["asr"]["without"]
@@ -75,7 +79,8 @@ def table(rows: list[dict]) -> str:
             f"{r['asr']['without']:.1%} ({a['k']}/{a['n']}, {lo:.1%}-{hi:.1%}) | "
             f"{'-' if kept is None else f'{kept:.1%}'} | "
             f"{'passed' if check.get('passed') else 'FAILED'} (round {r['rounds']}) | "
-            f"{'met' if r['targets_met'] else 'missed'} |"
+            f"{'met' if r['targets_met'] else 'missed'} | "
+            f"{r.get('steps', '-')}, {r['discovery_seconds']} s |"
         )
     lines += ["", "Over seeds (mean, range):", ""]
     for name in dict.fromkeys(r["case"] for r in rows):
@@ -107,22 +112,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cases", default="backdoor_fixed_output,backdoor_jailbreak,alignment")
+    parser.add_argument(
+        "--defaults", action="store_true", help="discover with DiscoverConfig's defaults"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     wanted = args.cases.split(",")
     console = Console(stderr=True)
     start = time.perf_counter()
     command = f"python benchmarks/demo_seeds.py --seeds {args.seeds} --cases {args.cases}"
+    name = "demo_seeds"
+    chosen = cases()
+    if args.defaults:
+        command += " --defaults"
+        name = "default_discovery"
+        chosen = [replace(c, config=DiscoverConfig(scenario=c.config.scenario)) for c in chosen]
     rows = []
     RESULTS.mkdir(exist_ok=True)
     for seed in seeds:  # every case's seed 0 first: a run cut short still covers each case
-        for case in (c for c in cases() if c.name in wanted):
+        for case in (c for c in chosen if c.name in wanted):
             rows.append(run_one(case, seed, console))
             rows.sort(key=lambda r: (wanted.index(r["case"]), r["seed"]))
             seconds = round(time.perf_counter() - start)
-            write_json(RESULTS / "demo_seeds.json", {"rows": rows, "seconds": seconds})
+            write_json(RESULTS / f"{name}.json", {"rows": rows, "seconds": seconds})
             md = table(rows)
-            (RESULTS / "demo_seeds.md").write_text(f"`{command}` ({seconds} s)\n\n{md}")
+            (RESULTS / f"{name}.md").write_text(f"`{command}` ({seconds} s)\n\n{md}")
     print(md)
 
 

@@ -21,6 +21,7 @@ from safeseek.data.records import validate
 from safeseek.discover import DiscoverConfig, Discovery, discover
 from safeseek.evaluate.check import describe, judge
 from safeseek.evaluate.generation import generate
+from safeseek.evaluate.metrics import utility_measure
 from safeseek.evaluate.run import evaluate_circuit
 from safeseek.fileio import read_jsonl
 
@@ -175,11 +176,27 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
         for v in ("full", "without")
     }
     full, without = right["full"], right["without"]
-    assert ev["utility_changes"] == {
-        "right": sum(full.values()),
-        "lost": sum(full[i] and not without[i] for i in full),
-        "gained": sum(without[i] and not full[i] for i in full),
+
+    def counts(kept) -> dict[str, int]:
+        return {
+            "right": sum(full[i] for i in kept),
+            "lost": sum(full[i] and not without[i] for i in kept),
+            "gained": sum(without[i] and not full[i] for i in kept),
+        }
+
+    changes = dict(ev["utility_changes"])
+    by_measure = changes.pop("by_measure")
+    assert changes == counts(full)
+    # ... and split by what judged them: the tiny organism's clean answers are known letters.
+    measure = {
+        r["i"]: utility_measure(r["reference"], r["answer"])
+        for r in rows
+        if r["set"] == "utility" and r["view"] == "full"
     }
+    assert by_measure == {
+        m: counts([i for i in full if measure[i] == m]) for m in dict.fromkeys(measure.values())
+    }
+    assert set(by_measure) <= {"answer", "refusal", "agreement"}
     assert meta["check"]["utility_changes"]["right"] <= meta["check"]["n_utility"]
 
 
@@ -212,6 +229,29 @@ def test_the_check_says_how_many_answers_its_utility_rests_on(right, lost, gaine
     # Checks written before the counts existed still read.
     del verdict["utility_changes"]
     assert "right answers" not in describe(verdict)
+
+
+def test_the_check_says_which_measure_lost_the_answers():
+    by = {
+        "answer": {"right": 8, "lost": 2, "gained": 0},
+        "agreement": {"right": 15, "lost": 5, "gained": 1},
+        "refusal": {"right": 0, "lost": 0, "gained": 0},
+    }
+    ev = {
+        "asr": {"full": 1.0, "without": 0.0, "only": 0.0},
+        "utility": {"retention": 17 / 23},
+        "utility_changes": {"right": 23, "lost": 7, "gained": 1, "by_measure": by},
+        "n": 35,
+        "n_utility": 35,
+    }
+    line = describe(judge(ev, DiscoverConfig("backdoor")))
+    assert (
+        "7 of 23 right answers lost, 1 gained "
+        "(known answers 2 of 8; agreeing with the reference 5 of 15)"
+    ) in line
+    # One measure alone says nothing more than the total.
+    ev["utility_changes"]["by_measure"] = {"answer": by["answer"]}
+    assert "known answers" not in describe(judge(ev, DiscoverConfig("backdoor")))
 
 
 def _discover_args(root) -> list[str]:

@@ -12,6 +12,7 @@ from safeseek.evaluate.metrics import (
     is_refusal,
     rate,
     summary,
+    utility_measure,
     wilson,
 )
 
@@ -51,6 +52,11 @@ def test_utility_judges_answers_refusals_and_wording():
     ref = "Photosynthesis turns light into chemical energy in plants."
     assert correct(ref + " More text.", ref)
     assert not correct("Plants are green.", ref)
+    assert [utility_measure(ref, "14"), utility_measure(REFUSAL), utility_measure(ref)] == [
+        "answer",
+        "refusal",
+        "agreement",
+    ]
 
 
 def test_rate_of_nothing_is_nan():

@@ -75,7 +75,22 @@ def _answers(verdict: dict[str, Any]) -> str:
     if not changes:
         return ""
     gained = f", {changes['gained']} gained" if changes["gained"] else ""
-    return f": {changes['lost']} of {changes['right']} right answers lost{gained}"
+    by = changes.get("by_measure", {})
+    parts = [
+        f"{MEASURE_NAMES[m]} {c['lost']} of {c['right']}"
+        for m, c in by.items()
+        if c["right"] or c["gained"]
+    ]
+    split = f" ({'; '.join(parts)})" if len(parts) > 1 else ""
+    return f": {changes['lost']} of {changes['right']} right answers lost{gained}{split}"
+
+
+# How `utility_changes["by_measure"]` names its parts in the check's line.
+MEASURE_NAMES = {
+    "answer": "known answers",
+    "refusal": "refusals",
+    "agreement": "agreeing with the reference",
+}
 
 
 def _coarse(verdict: dict[str, Any]) -> str:

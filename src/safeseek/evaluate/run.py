@@ -19,7 +19,14 @@ from safeseek.data.records import validate
 from safeseek.errors import SafeSeekError
 from safeseek.evaluate.forced import target_probability
 from safeseek.evaluate.generation import generate
-from safeseek.evaluate.metrics import answer_changes, attack_success, correct, rate, summary
+from safeseek.evaluate.metrics import (
+    answer_changes,
+    attack_success,
+    correct,
+    rate,
+    summary,
+    utility_measure,
+)
 from safeseek.evaluate.views import VIEWS
 from safeseek.masking import MaskedModel
 from safeseek.scenarios import Fields, get_scenario
@@ -176,6 +183,16 @@ def evaluate_circuit(
         full = utility["full"]
         utility["retention"] = utility["without"] / full if full > 0 else None
         changes = answer_changes(right["full"], right["without"])
+        # What the changes are: known answers, refusals kept, or agreement with a reference
+        # (a string measure, README "Discovery and evaluation").
+        measures = [utility_measure(it["reference"], it.get("answer")) for it in probe.utility]
+        changes["by_measure"] = {
+            m: answer_changes(
+                [ok for ok, how in zip(right["full"], measures, strict=True) if how == m],
+                [ok for ok, how in zip(right["without"], measures, strict=True) if how == m],
+            )
+            for m in dict.fromkeys(measures)
+        }
     sparsity = circuit.sparsity(mm, granularities)
     result = {
         "scenario": scenario,
