@@ -129,8 +129,9 @@ def main() -> None:
         chosen = [replace(c, config=DiscoverConfig(scenario=c.config.scenario)) for c in chosen]
     rows = []
     RESULTS.mkdir(exist_ok=True)
+    chosen = sorted((c for c in chosen if c.name in wanted), key=lambda c: wanted.index(c.name))
     for seed in seeds:  # every case's seed 0 first: a run cut short still covers each case
-        for case in (c for c in chosen if c.name in wanted):
+        for case in chosen:  # in the order --cases names them
             rows.append(run_one(case, seed, console))
             rows.sort(key=lambda r: (wanted.index(r["case"]), r["seed"]))
             seconds = round(time.perf_counter() - start)
