@@ -148,6 +148,10 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ev = json.loads(eval_path.read_text())
     assert set(ev["asr"]) == {"full", "without", "only"}
+    # It says what utility kept rests on, as the check does.
+    changes = ev["utility_changes"]
+    said = f"{changes['lost']} of {changes['right']} right answers lost"
+    assert said in proc.stderr.replace("\n", " "), proc.stderr[-2000:]
     assert set(ev["utility"]) == {"full", "without", "retention"}
     assert set(ev["sparsity"]) == {"head", "neuron", "overall"}
     assert ev["n"] == 60
@@ -187,7 +191,7 @@ def test_cli_discover_then_evaluate(organism, tmp_path):
     changes = dict(ev["utility_changes"])
     by_measure = changes.pop("by_measure")
     assert changes == counts(full)
-    # ... and split by what judged them: the tiny organism's clean answers are known letters.
+    # ... and split by what judged them (the tiny organism: agreement with a one-letter reference).
     measure = {
         r["i"]: utility_measure(r["reference"], r["answer"])
         for r in rows

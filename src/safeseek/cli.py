@@ -377,6 +377,7 @@ def evaluate(
     """Generate under the full model, without the circuit and with it alone; write metrics."""
     from safeseek import Circuit
     from safeseek.data import load_records, write_jsonl
+    from safeseek.evaluate.check import lost_answers
     from safeseek.evaluate.run import evaluate_circuit
     from safeseek.evaluate.views import VIEWS
     from safeseek.fileio import write_json
@@ -407,6 +408,9 @@ def evaluate(
         u = result["utility"].get(view)
         table.add_row(view, f"{result['asr'][view]:.1%}", "" if u is None else f"{u:.1%}")
     Console(stderr=True).print(table)
+    kept, changes = result["utility"].get("retention"), result.get("utility_changes")
+    if kept is not None and changes:
+        console.print(f"utility kept without the circuit {kept:.1%}: {lost_answers(changes)}")
     console.print(f"wrote {out}")
 
 

@@ -72,8 +72,12 @@ def describe(verdict: dict[str, Any]) -> str:
 def _answers(verdict: dict[str, Any]) -> str:
     """The answers behind utility kept: how many of the full model's right ones were lost."""
     changes = verdict.get("utility_changes")  # absent in checks written before it existed
-    if not changes:
-        return ""
+    return f": {lost_answers(changes)}" if changes else ""
+
+
+def lost_answers(changes: dict[str, Any]) -> str:
+    """`utility_changes` in words: "7 of 23 right answers lost, 1 gained (known answers 2 of
+    8; agreeing with the reference 5 of 15)"; the parts only when there are several."""
     gained = f", {changes['gained']} gained" if changes["gained"] else ""
     by = changes.get("by_measure", {})
     parts = [
@@ -82,7 +86,7 @@ def _answers(verdict: dict[str, Any]) -> str:
         if c["right"] or c["gained"]
     ]
     split = f" ({'; '.join(parts)})" if len(parts) > 1 else ""
-    return f": {changes['lost']} of {changes['right']} right answers lost{gained}{split}"
+    return f"{changes['lost']} of {changes['right']} right answers lost{gained}{split}"
 
 
 # How `utility_changes["by_measure"]` names its parts in the check's line.
